@@ -1,0 +1,33 @@
+# Two commands: `make test` and `make reproduce`. Each creates .venv and installs what it needs.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+
+.PHONY: test reproduce install assets report lab clean-runs
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	# torch first and pinned, so that no later requirement pulls a CUDA build
+	$(BIN)/pip install -q torch==2.13.0 torchvision==0.28.0
+	$(BIN)/pip install -q -e '.[test]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+assets: $(STAMP)
+	$(BIN)/python -m lab.assets fetch
+
+test: assets
+	$(BIN)/python -m pytest
+
+reproduce: assets
+	$(BIN)/python -m lab.reproduce
+	$(BIN)/python -m lab.report
+
+report: $(STAMP)
+	$(BIN)/python -m lab.report
+
+lab: assets
+	$(BIN)/jupyter lab notebooks/
