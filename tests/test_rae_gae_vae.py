@@ -1,0 +1,253 @@
+"""RAE, GAE, KL-VAE / spherical VAE and their trainers, at tiny sizes on a random tiny ViT (CPU)."""
+import math
+
+import lab  # noqa: F401  (before timm)
+import pytest
+import timm
+import torch
+
+from lab.autoencoders.gae import GAE, SVDTeacher, dynamic_noise
+from lab.autoencoders.rae import RAE, add_latent_noise, sample_sigma, vit_tokens
+from lab.autoencoders.train_simple import (finetune_spherical, noise_robustness, train_gae, train_rae,
+                                           train_vae)
+from lab.autoencoders.vae import KLVAE, SphericalVAE, kl_gaussian, wrap_vae
+from lab.autoencoders.vit_decoder import patchify, unpatchify, vit_decoder
+
+TINY_DEC = dict(width=32, depth=1, heads=2)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors gain nothing from threads, and on a shared 2-core box OpenMP spinning costs 10x."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny_vit(seed=0):
+    torch.manual_seed(seed)
+    return timm.create_model("vit_small_patch14_dinov2", pretrained=False, num_classes=0, img_size=28,
+                             dynamic_img_size=True, embed_dim=32, depth=2, num_heads=2)
+
+
+def tiny_images(n=16, size=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    # smooth random images: low-res noise upsampled, so a tiny decoder can learn something quickly
+    return torch.nn.functional.interpolate(torch.rand(n, 3, 4, 4, generator=g), size=size, mode="bilinear")
+
+
+def tiny_rae(**kw):
+    return RAE(tiny_vit(), image_size=32, **{**TINY_DEC, **kw})
+
+
+def tiny_vae(latent_dim=4):
+    return KLVAE(image_size=32, latent_dim=latent_dim, widths=(8, 8, 16, 16, 32), decoder_widths=(32, 16, 16, 8, 8))
+
+
+def tiny_gae(**kw):
+    args = dict(image_size=32, patch_size=16, latent_dim=8, width=32, depth=1, heads=2, vfm=tiny_vit(), decoder_kw=TINY_DEC)
+    return GAE(**{**args, **kw})
+
+
+# ----------------------------------------------------------------------------- shapes and interface
+
+def test_patchify_roundtrip_and_decoder_shape():
+    x = torch.rand(2, 3, 24, 40)
+    assert torch.equal(unpatchify(patchify(x, 8), (3, 5), 8), x)
+    dec = vit_decoder("tiny", in_dim=12, patch_size=8, **TINY_DEC)
+    assert dec(torch.randn(2, 15, 12), grid=(3, 5)).shape == (2, 3, 24, 40)
+
+
+def test_shapes_of_all_autoencoders():
+    x = tiny_images(2)
+    for ae, c in ((tiny_rae(), 32), (tiny_gae(), 8), (tiny_vae(), 4)):
+        z = ae.encode(x)
+        assert z.shape == (2, 4, c) and ae.grid == (2, 2)
+        y = ae.decode(z)
+        assert y.shape == x.shape and y.min() >= 0 and y.max() <= 1
+
+
+def test_rae_with_the_conv_decoder():
+    ae = RAE(tiny_vit(), image_size=32, decoder="conv", widths=(32, 16, 8, 8, 8))
+    assert ae.decode(ae.encode(tiny_images(2))).shape == (2, 3, 32, 32)
+    with pytest.raises(ValueError, match="upsamples"):
+        RAE(tiny_vit(), image_size=32, decoder="conv", widths=(32, 16, 8, 8))
+
+
+def test_bad_parameters_name_allowed_values():
+    with pytest.raises(ValueError, match="noise="):
+        tiny_rae(noise="gauss")
+    with pytest.raises(ValueError, match="align="):
+        tiny_gae(align="middle")
+    with pytest.raises(ValueError, match="latent_norm="):
+        tiny_rae(latent_norm="token")
+
+
+# ----------------------------------------------------------------------------- RAE latents and noise
+
+def test_affine_free_tokens_are_standardised_per_token():
+    vit = tiny_vit().eval()
+    z = vit_tokens(vit, tiny_images(3), (2, 2), norm="affine_free").double()
+    assert torch.allclose(z.mean(-1), torch.zeros(3, 4, dtype=z.dtype), atol=1e-5)
+    assert torch.allclose(z.var(-1, unbiased=False), torch.ones(3, 4, dtype=z.dtype), atol=1e-3)
+
+
+def test_channel_latent_norm_standardises_the_data():
+    ae, x = tiny_rae(latent_norm="channel"), tiny_images(16)
+    ae.fit_latent_stats(x)
+    z = ae.encode(x).double().flatten(0, 1)
+    assert torch.allclose(z.mean(0), torch.zeros(32, dtype=z.dtype), atol=1e-5)
+    assert torch.allclose(z.std(0, unbiased=False), torch.ones(32, dtype=z.dtype), atol=1e-4)
+
+
+def test_sigma_distributions():
+    g = torch.Generator().manual_seed(0)
+    tau, n = 0.8, 200_000
+    a = sample_sigma(n, tau, "abs_normal", generator=g)
+    u = sample_sigma(n, tau, "uniform", generator=g)
+    assert abs(a.mean().item() - tau * math.sqrt(2 / math.pi)) < 5e-3  # E|N(0, tau^2)|
+    assert abs(a.pow(2).mean().item() - tau ** 2) < 5e-3
+    assert abs(u.mean().item() - tau / 2) < 5e-3 and 0 <= u.min() and u.max() <= tau
+
+
+def test_latent_noise_is_one_sigma_per_sample():
+    z = torch.zeros(4000, 8, 16)
+    noisy = add_latent_noise(z, 0.5, "uniform", torch.Generator().manual_seed(1))
+    per_sample_std = noisy.flatten(1).std(1)  # ~= that sample's sigma (128 draws each)
+    assert abs(per_sample_std.mean().item() - 0.25) < 0.01
+    assert per_sample_std.max() < 0.5 * 1.3 and per_sample_std.min() < 0.05
+    assert torch.equal(add_latent_noise(z, 0.0), z)
+
+
+def test_gae_dynamic_noise_statistics():
+    mu, c_sigma = torch.zeros(20000, 4, 16), 0.36
+    z = dynamic_noise(mu, math.sqrt(c_sigma), torch.Generator().manual_seed(2))
+    assert abs(z.pow(2).mean().item() - c_sigma) < 0.01  # E[sigma^2 eps^2] = C_sigma
+    s = z.flatten(1).std(1)
+    assert abs(s.mean().item() - math.sqrt(c_sigma) * math.sqrt(2 / math.pi)) < 0.01  # E|sigma|
+
+
+# ----------------------------------------------------------------------------- GAE geometry and teachers
+
+def test_gae_tokens_have_norm_sqrt_d_exactly():
+    ae = tiny_gae(latent_dim=16)
+    z = ae.encode(tiny_images(3)).double()
+    assert torch.allclose(z.norm(dim=-1), torch.full(z.shape[:2], 4.0, dtype=z.dtype), rtol=1e-6)
+
+
+def test_svd_teacher_reconstructs_a_rank_d_input_exactly():
+    g = torch.Generator().manual_seed(0)
+    d, c = 5, 24
+    f = (torch.randn(300, d, generator=g, dtype=torch.float64) @ torch.randn(d, c, generator=g, dtype=torch.float64)
+         + torch.randn(c, generator=g, dtype=torch.float64))  # rank d plus an offset
+    t = SVDTeacher(c, d).double().fit(f)
+    assert torch.allclose(t.up(t(f)), f, atol=1e-9)
+    # full-rank input: the residual is the discarded singular values (Eckart-Young)
+    f2 = torch.randn(300, c, generator=g, dtype=torch.float64)
+    t2 = SVDTeacher(c, d).double().fit(f2)
+    s = torch.linalg.svdvals(f2 - f2.mean(0))
+    assert torch.allclose((t2.up(t2(f2)) - f2).pow(2).sum(), s[d:].pow(2).sum(), rtol=1e-9)
+
+
+def test_gae_latent_alignment_is_two_minus_two_cos():
+    ae = tiny_gae()
+    mu, target = torch.nn.functional.normalize(torch.randn(2, 4, 8), dim=-1), torch.randn(2, 4, 8)
+    mu, target = mu * math.sqrt(8), torch.nn.functional.normalize(target, dim=-1) * math.sqrt(8)
+    cos = torch.nn.functional.cosine_similarity(mu, target, dim=-1)
+    assert torch.allclose(ae.alignment_loss(mu, None, target), (2 - 2 * cos).mean(), atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- VAE, KL, sphere
+
+def test_kl_closed_form():
+    mean = torch.tensor([0.0, 1.0, -0.5, 2.0], dtype=torch.float64)
+    logvar = torch.tensor([0.0, 0.0, math.log(0.25), math.log(3.0)], dtype=torch.float64)
+    ref = torch.distributions.kl_divergence(torch.distributions.Normal(mean, (0.5 * logvar).exp()),
+                                            torch.distributions.Normal(0.0, 1.0))
+    assert torch.allclose(kl_gaussian(mean, logvar), ref, atol=1e-12)
+    assert kl_gaussian(mean, logvar)[0] == 0 and abs(kl_gaussian(mean, logvar)[1] - 0.5) < 1e-12
+    big = kl_gaussian(torch.full((3,), 1e3), torch.full((3,), -30.0))
+    assert torch.isfinite(big).all()
+
+
+def test_spherical_projection_radius_and_direction():
+    vae = tiny_vae(9)
+    svae = SphericalVAE(vae)
+    x = tiny_images(2)
+    z, m = svae.encode(x), vae.encode(x).detach()
+    assert torch.allclose(z.norm(dim=-1), torch.full(z.shape[:2], 3.0), rtol=1e-5)
+    assert torch.allclose(torch.nn.functional.cosine_similarity(z, m, dim=-1), torch.ones(z.shape[:2]), atol=1e-5)
+    trainable = {n for n, p in svae.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith("vae.decoder.") for n in trainable)
+
+
+def test_wrap_vae_hook():
+    inner = tiny_vae()
+    w = wrap_vae(inner, lambda m, x: m.encoder(x)[:, :4], lambda m, z: m.decoder(z.flatten(2).transpose(1, 2), (2, 2)))
+    x = tiny_images(2)
+    z = w.encode(x)
+    assert z.shape == (2, 4, 4) and w.grid == (2, 2)
+    assert torch.allclose(w.decode(z), inner.decode(inner.encode(x)), atol=1e-6)
+    assert set(w.decoder_modules()) == {"decoder"}
+    with pytest.raises(ValueError, match="decoder submodule"):
+        wrap_vae(inner, None, None, decoder="post_quant_conv")
+
+
+# ----------------------------------------------------------------------------- training
+
+def _drop(hist, n):
+    return sum(hist["loss"][:n]) / n, sum(hist["loss"][-n:]) / n
+
+
+def test_training_lowers_the_loss():
+    x = tiny_images(16)
+    first, last = _drop(train_rae(tiny_rae(), x, steps=25, batch_size=8, lr=3e-3, noise_tau=0.1), 5)
+    assert last < 0.7 * first
+    first, last = _drop(train_gae(tiny_gae(), x, steps=25, batch_size=8, lr=3e-3), 5)
+    assert last < 0.7 * first
+    vae = tiny_vae()
+    first, last = _drop(train_vae(vae, x, steps=25, batch_size=8, lr=3e-3), 5)
+    assert last < 0.8 * first
+    first, last = _drop(finetune_spherical(SphericalVAE(vae), x, steps=15, batch_size=8, lr=3e-3), 4)
+    assert last < first
+
+
+def test_gan_fine_tune_runs_both_players():
+    from lab.autoencoders.disc import DinoDisc
+    svae = SphericalVAE(tiny_vae())
+    hist = finetune_spherical(svae, tiny_images(8), steps=3, batch_size=4, lr=1e-3, gan_weight=0.5,
+                              disc=DinoDisc(tiny_vit(1), hidden=8), disc_start=1)
+    assert len(hist["d"]) == len(hist["g"]) == len(hist["loss"]) == 3 and math.isnan(hist["d"][0])
+    assert all(math.isfinite(v) for k in ("g", "d", "gan_w") for v in hist[k][1:])
+
+
+def test_learned_teacher_trains_and_freezes():
+    ae = tiny_gae(teacher="learned")
+    hist = train_gae(ae, tiny_images(16), steps=2, batch_size=4, teacher_steps=40, teacher_lr=3e-3)
+    assert hist["teacher"][-1] < hist["teacher"][0]
+    assert ae.teacher_ready() and not any(p.requires_grad for p in ae.teacher.parameters())
+
+
+def test_resume_reproduces_the_uninterrupted_run(tmp_path):
+    x = tiny_images(16)
+    for make, train in ((tiny_rae, train_rae), (tiny_gae, train_gae)):
+        straight = make()
+        h1 = train(straight, x, steps=6, batch_size=4, lr=1e-3, out_dir=str(tmp_path / f"{make.__name__}_a"))
+        part = make()
+        out = str(tmp_path / f"{make.__name__}_b")
+        train(part, x, steps=3, batch_size=4, lr=1e-3, out_dir=out, ckpt_every=3)
+        resumed = make()  # a fresh process: new model, state from the checkpoint only
+        h2 = train(resumed, x, steps=6, batch_size=4, lr=1e-3, out_dir=out, ckpt_every=3)
+        assert h2["step"] == list(range(1, 7)) and h1["loss"] == pytest.approx(h2["loss"], rel=1e-5)
+        for (n, a), b in zip(straight.decoder.state_dict().items(), resumed.decoder.state_dict().values()):
+            assert torch.allclose(a, b, atol=1e-6), n
+
+
+def test_noise_robustness_curve():
+    ae, x = tiny_rae(), tiny_images(8)
+    curve = noise_robustness(ae, x, sigmas=(0.0, 1.0, 3.0), batch_size=3)
+    direct = (ae.decode(ae.encode(x)) - x).pow(2).mean().item()
+    assert [c["sigma"] for c in curve] == [0.0, 1.0, 3.0]
+    assert curve[0]["mse"] == pytest.approx(direct, rel=1e-5)
+    assert all(c["psnr"] > 0 for c in curve)
