@@ -46,11 +46,16 @@ def norm_summary(z):
     return dict(norm_mean=float(n.mean()), norm_cv=float(n.std() / n.mean()))
 
 
-def quality(ae, fake_latents, real_latents, real_images, *, decode_radius=None, features="effnet"):
-    """FD-tokens against real latents, FD-effnet of decoded samples against real images, norm stats."""
+def quality(ae, fake_latents, real_latents, real_feats, *, decode_radius=None, features="effnet"):
+    """FD-tokens against real latents, FD on `features` of decoded samples against real images, norm stats.
+
+    real_feats: features of the real images, `metrics.extract_features(images, features)`, computed
+    once by the caller since every configuration compares against the same set.
+    """
     z = fake_latents if decode_radius is None else geo.to_sphere(fake_latents, decode_radius)
     images = decode(ae, z)
-    fd = metrics.fd(real_images, images, features=features)
+    fake_feats = metrics.extract_features(images, features)
+    fd = metrics.fd_from_features(real_feats, fake_feats, metrics.FD_NAMES[features], metrics.NETWORKS[features])
     out = dict(fd_tokens=token_fd(real_latents, fake_latents), fd_images=fd["value"], fd_name=fd["name"],
                n=len(fake_latents))
     out.update(norm_summary(fake_latents))

@@ -37,13 +37,13 @@ def path(name, x0, x1, t):
         tt = geo._time(t, x0)
         return (1 - tt) * x0 + tt * x1, x1 - x0
     if name == "slerp":
-        return geo.slerp(x0, x1, t), geo.slerp_velocity(x0, x1, t)
+        return geo.slerp_with_velocity(x0, x1, t)
     # shell: unit-direction slerp, linearly interpolated radius
     r0, r1 = x0.norm(dim=-1, keepdim=True), x1.norm(dim=-1, keepdim=True)
     d0, d1 = x0 / r0.clamp_min(1e-12), x1 / r1.clamp_min(1e-12)
     tt = geo._time(t, x0)
     rt = (1 - tt) * r0 + tt * r1
-    dt, ddt = geo.slerp(d0, d1, t), geo.slerp_velocity(d0, d1, t)
+    dt, ddt = geo.slerp_with_velocity(d0, d1, t)
     return rt * dt, (r1 - r0) * dt + rt * ddt
 
 

@@ -48,10 +48,16 @@ def _sinc(x):
 
 
 def _fallback_tangent(xh):
-    """A fixed unit tangent at unit xh: the basis vector where |xh| is smallest, projected."""
-    k = xh.abs().argmin(-1, keepdim=True)
-    e = torch.zeros_like(xh).scatter_(-1, k, 1.0)
-    return _unit(e - _dot(e, xh) * xh)
+    """A fixed unit tangent at unit xh (used only at exact antipodes): e0 projected, or e1 if xh ≈ ±e0.
+
+    Elementwise only (no argmin/scatter, no data-dependent branch), so it stays cheap on the hot path.
+    """
+    a, b = xh[..., :1], xh[..., 1:2]
+    f0 = -a * xh
+    f0[..., 0] += 1  # e0 - (e0·xh) xh
+    f1 = -b * xh
+    f1[..., 1] += 1  # e1 - (e1·xh) xh
+    return _unit(torch.where(a.abs() < 0.9, f0, f1))
 
 
 def _time(t, x):
@@ -131,23 +137,33 @@ def expmap(x, v):
     return _expmap_f(x.to(cd), v.to(cd)).to(x.dtype)
 
 
-def slerp(x0, x1, t):
-    """Geodesic from x0 (t=0) to the direction of x1 (t=1) on the sphere of radius |x0|."""
-    cd = _compute_dtype(x0)
-    x0f, x1f = x0.to(cd), x1.to(cd)
-    return _expmap_f(x0f, _time(t, x0f) * _logmap_f(x0f, x1f)).to(x0.dtype)
+def _slerp_f(x0f, x1f, tt):
+    """(γ(t), γ'(t)) of the geodesic from x0 toward x1, in compute dtype, from one logmap.
 
-
-def slerp_velocity(x0, x1, t):
-    """d/dt slerp(x0, x1, t): constant speed |x0|·angle, tangent to the sphere at slerp(x0, x1, t).
-
-    With L = logmap(x0, x1) and Ω = |L|/R: γ(t) = cos(tΩ)x0 + sin(tΩ)R·L/|L|, so
-    γ'(t) = -Ω sin(tΩ) x0 + cos(tΩ) L.
+    With L = logmap(x0, x1), Ω = |L|/R and θ = tΩ:  γ = cos θ·x0 + t·sinc(θ)·L  (= expmap(x0, tL)),
+    γ' = -Ω sin θ·x0 + cos θ·L.
     """
-    cd = _compute_dtype(x0)
-    x0f, x1f = x0.to(cd), x1.to(cd)
-    tt = _time(t, x0f)
     lg = _logmap_f(x0f, x1f)
     r = _safe_norm(x0f)
     om = _safe_norm(lg) / torch.where(r > 0, r, torch.ones_like(r))
-    return (-om * torch.sin(tt * om) * x0f + torch.cos(tt * om) * lg).to(x0.dtype)
+    th = tt * om
+    cos = torch.cos(th)
+    return cos * x0f + tt * _sinc(th) * lg, -om * torch.sin(th) * x0f + cos * lg
+
+
+def slerp(x0, x1, t):
+    """Geodesic from x0 (t=0) to the direction of x1 (t=1) on the sphere of radius |x0|."""
+    return slerp_with_velocity(x0, x1, t)[0]
+
+
+def slerp_velocity(x0, x1, t):
+    """d/dt slerp(x0, x1, t): constant speed |x0|·angle, tangent to the sphere at slerp(x0, x1, t)."""
+    return slerp_with_velocity(x0, x1, t)[1]
+
+
+def slerp_with_velocity(x0, x1, t):
+    """(slerp(x0, x1, t), slerp_velocity(x0, x1, t)) sharing one logmap: what a training step needs."""
+    cd = _compute_dtype(x0)
+    x0f, x1f = x0.to(cd), x1.to(cd)
+    xt, ut = _slerp_f(x0f, x1f, _time(t, x0f))
+    return xt.to(x0.dtype), ut.to(x0.dtype)

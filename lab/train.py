@@ -19,7 +19,6 @@ Usage:
 """
 import argparse
 import copy
-import math
 import os
 
 import torch

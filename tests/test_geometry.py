@@ -155,3 +155,14 @@ def test_bf16_in_fp32_math_out_bf16():
     out = geo.slerp(x.bfloat16(), y.bfloat16(), t)
     ref = geo.slerp(x.bfloat16().float(), y.bfloat16().float(), t).bfloat16()
     assert out.dtype == torch.bfloat16 and torch.equal(out, ref)
+
+
+@pytest.mark.parametrize("axis", [0, 1, 5])
+def test_antipodal_fallback_on_coordinate_axes(axis):
+    """The fallback tangent must stay tangent and unit even when x lies on a basis axis."""
+    x = torch.zeros(1, 8, dtype=torch.float64)
+    x[0, axis] = 3.0
+    v = geo.logmap(x, -x)
+    torch.testing.assert_close(v.norm(dim=-1), torch.tensor([3 * math.pi], dtype=torch.float64))
+    assert (v * x).sum().abs() < 1e-12
+    torch.testing.assert_close(geo.expmap(x, v), -x)
