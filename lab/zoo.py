@@ -135,20 +135,24 @@ def gae(data="fashion", n=2048, size=64, latent_dim=32, align="latent", teacher=
     return ae.eval()
 
 
-def hae(data="photos", n=2048, size=64, stem="conv", align="cosine", steps=300, batch_size=16, lr=2e-4,
-        lambda_cos=1.0, lpips_weight=1.0, teacher="dinov2_s_imgfocus", teacher_weights=None, data_root=None, seed=0):
+def hae(data="photos", n=2048, size=64, stem="conv", align="cosine", steps=150, batch_size=16, lr=2e-4,
+        lambda_cos=1.0, lpips_weight=1.0, decoder_widths=(128, 64, 32, 16, 8), teacher="dinov2_s_imgfocus", teacher_weights=None, data_root=None, seed=0):
     """HAE / DINO-SAE after stage 1 (stem + decoder; stem='patch' is the patch-embedding baseline)."""
     from lab.autoencoders.hae import HAE
     from lab.autoencoders.stages import train_stage
 
     recipe = dict(kind="hae", data=data, n=n, size=size, stem=stem, align=align, steps=steps,
-                  batch_size=batch_size, lr=lr, lambda_cos=lambda_cos, lpips_weight=lpips_weight, seed=seed)
+                  batch_size=batch_size, lr=lr, lambda_cos=lambda_cos, lpips_weight=lpips_weight,
+                  decoder_widths=list(decoder_widths), seed=seed)
     if teacher != "dinov2_s_imgfocus":
         recipe.update(teacher=teacher, teacher_weights=str(teacher_weights))
     recipe = _with_root(recipe, data_root)
     folder = recipe_dir("hae", recipe)
     torch.manual_seed(seed)
-    ae = HAE(teacher=teacher, stem=stem, align=align, image_size=size, teacher_weights=teacher_weights)
+    from lab.autoencoders.decoder import ConvDecoder
+    width = 384 if teacher == "dinov2_s_imgfocus" else assets.vit(teacher, weights=teacher_weights).embed_dim
+    ae = HAE(teacher=teacher, stem=stem, align=align, image_size=size, teacher_weights=teacher_weights,
+             decoder=ConvDecoder(width, tuple(decoder_widths)))
     if _finished(folder):
         _load(folder, ae.checkpoint_modules(), sub="stage1")
     else:

@@ -14,7 +14,7 @@ from lab import nbtools, runs
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
 SMOKE = {
-    "01_direction_magnitude": dict(n_train=64, ae_steps=4, n_eval=48, n_anchors=6, norm_factors=[0.5, 1.0],
+    "01_direction_magnitude": dict(n_train=64, ae_steps=4, n_eval=48, n_anchors=6, norm_factors=[0.5, 1.0], dino_size=56,
                                    angle_scales=[0.1]),
     "02_radial_share": dict(n=32, n_train=64, gae_steps=3, vae_steps=3, finetune_steps=2),
     "03_linear_probe": dict(n_train=32, hae_steps=2, probe_train=60, probe_test=40),

@@ -53,8 +53,8 @@ class HAE(nn.Module):
             raise ValueError("train_blocks=True needs stem='conv' (the patch baseline is the frozen teacher)")
         self.image_size, self.stem_kind, self.align = image_size, stem, align
         if isinstance(teacher, str):
-            p = 14 if teacher == assets.DINO_NAME else None
-            size = None if p is None else image_size // DOWN * p
+            # DINOv2-S/14: build its position grid at the teacher's input size (64 px -> 56 px)
+            size = image_size // DOWN * 14 if teacher == assets.DINO_NAME else None
             teacher = assets.vit(teacher, weights=teacher_weights, img_size=size)
         if not getattr(teacher, "dynamic_img_size", False):
             raise ValueError("the teacher ViT must be built with dynamic_img_size=True "
