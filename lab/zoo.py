@@ -45,6 +45,17 @@ def _load(folder, modules, sub="checkpoints"):
     trainutil.load_checkpoint(str(folder / sub), modules, restore_rng=False)
 
 
+def _train_or_load(name, recipe, ae, train, sub="checkpoints"):
+    """Load the finished weights of `recipe`, or call train(out_dir) -> history and mark it finished."""
+    folder = recipe_dir(name, recipe)
+    if _finished(folder):
+        _load(folder, ae.checkpoint_modules(), sub)
+    else:
+        _mark_finished(folder, recipe, train(str(folder)))
+    ae.recipe = recipe
+    return ae.eval()
+
+
 # ----------------------------------------------------------------------------- data
 
 
@@ -96,19 +107,12 @@ def rae(data="fashion", n=2048, size=64, decoder="vit", noise_tau=0.0, steps=400
     if encoder != "dinov2_s_imgfocus":
         recipe.update(encoder=encoder, encoder_weights=str(encoder_weights))
     recipe = _with_root(recipe, data_root)
-    folder = recipe_dir("rae", recipe)
     torch.manual_seed(seed)
     enc = encoder if encoder == "dinov2_s_imgfocus" else assets.vit(encoder, weights=encoder_weights)
     ae = RAE(encoder=enc, decoder=decoder, image_size=size, noise_tau=noise_tau, encoder_norm=encoder_norm)
-    if _finished(folder):
-        _load(folder, ae.checkpoint_modules())
-    else:
-        x, _ = images(data, n, size, root=data_root)
-        hist = train_rae(ae, x, steps=steps, batch_size=batch_size, lr=lr, out_dir=str(folder),
-                         noise_tau=noise_tau, lpips_weight=lpips_weight, seed=seed)
-        _mark_finished(folder, recipe, hist)
-    ae.recipe = recipe
-    return ae.eval()
+    return _train_or_load("rae", recipe, ae, lambda out: train_rae(
+        ae, images(data, n, size, root=data_root)[0], steps=steps, batch_size=batch_size, lr=lr, out_dir=out,
+        noise_tau=noise_tau, lpips_weight=lpips_weight, seed=seed))
 
 
 def gae(data="fashion", n=2048, size=64, latent_dim=32, align="latent", teacher="svd", noise_std=0.8,
@@ -121,23 +125,18 @@ def gae(data="fashion", n=2048, size=64, latent_dim=32, align="latent", teacher=
                   noise_std=noise_std, steps=steps, batch_size=batch_size, lr=lr, align_weight=align_weight,
                   seed=seed)
     recipe = _with_root(recipe, data_root)
-    folder = recipe_dir("gae", recipe)
     torch.manual_seed(seed)
     ae = GAE(image_size=size, latent_dim=latent_dim, align=align, teacher=teacher, noise_std=noise_std)
-    if _finished(folder):
-        _load(folder, ae.checkpoint_modules())
-    else:
-        x, _ = images(data, n, size, root=data_root)
-        hist = train_gae(ae, x, steps=steps, batch_size=batch_size, lr=lr, out_dir=str(folder),
-                         align_weight=align_weight, seed=seed)
-        _mark_finished(folder, recipe, hist)
-    ae.recipe = recipe
-    return ae.eval()
+    return _train_or_load("gae", recipe, ae, lambda out: train_gae(
+        ae, images(data, n, size, root=data_root)[0], steps=steps, batch_size=batch_size, lr=lr, out_dir=out,
+        align_weight=align_weight, seed=seed))
 
 
 def hae(data="photos", n=2048, size=64, stem="conv", align="cosine", steps=150, batch_size=16, lr=2e-4,
-        lambda_cos=1.0, lpips_weight=1.0, decoder_widths=(128, 64, 32, 16, 8), teacher="dinov2_s_imgfocus", teacher_weights=None, data_root=None, seed=0):
+        lambda_cos=1.0, lpips_weight=1.0, decoder_widths=(128, 64, 32, 16, 8), teacher="dinov2_s_imgfocus",
+        teacher_weights=None, data_root=None, seed=0):
     """HAE / DINO-SAE after stage 1 (stem + decoder; stem='patch' is the patch-embedding baseline)."""
+    from lab.autoencoders.decoder import ConvDecoder
     from lab.autoencoders.hae import HAE
     from lab.autoencoders.stages import train_stage
 
@@ -147,26 +146,19 @@ def hae(data="photos", n=2048, size=64, stem="conv", align="cosine", steps=150, 
     if teacher != "dinov2_s_imgfocus":
         recipe.update(teacher=teacher, teacher_weights=str(teacher_weights))
     recipe = _with_root(recipe, data_root)
-    folder = recipe_dir("hae", recipe)
     torch.manual_seed(seed)
-    from lab.autoencoders.decoder import ConvDecoder
     width = 384 if teacher == "dinov2_s_imgfocus" else assets.vit(teacher, weights=teacher_weights).embed_dim
     ae = HAE(teacher=teacher, stem=stem, align=align, image_size=size, teacher_weights=teacher_weights,
              decoder=ConvDecoder(width, tuple(decoder_widths)))
-    if _finished(folder):
-        _load(folder, ae.checkpoint_modules(), sub="stage1")
-    else:
-        x, _ = images(data, n, size, root=data_root)
-        hist = train_stage(ae, x, stage=1, steps=steps, batch_size=batch_size, lr=lr, lambda_cos=lambda_cos,
-                           w_lpips=lpips_weight, lpips_net="alex" if lpips_weight else None,
-                           out_dir=str(folder), seed=seed)
-        _mark_finished(folder, recipe, hist)
-    ae.recipe = recipe
-    return ae.eval()
+    return _train_or_load("hae", recipe, ae, lambda out: train_stage(
+        ae, images(data, n, size, root=data_root)[0], stage=1, steps=steps, batch_size=batch_size, lr=lr,
+        lambda_cos=lambda_cos, w_lpips=lpips_weight, lpips_net="alex" if lpips_weight else None, out_dir=out,
+        seed=seed), sub="stage1")
 
 
 def spherical_vae(data="fashion", n=2048, size=64, latent_dim=32, vae_steps=300, finetune_steps=100,
-                  batch_size=16, lr=5e-4, kl_weight=1e-3, decoder_widths=(128, 64, 32, 16, 8), data_root=None, seed=0):
+                  batch_size=16, lr=5e-4, kl_weight=1e-3, decoder_widths=(128, 64, 32, 16, 8), data_root=None,
+                  seed=0):
     """A small KL-VAE, then its token-wise projection to radius sqrt(d) with the decoder fine-tuned.
 
     Returns (vae, spherical_vae): the Gaussian original and the spherical version.

@@ -8,14 +8,6 @@ from lab.models.dit import DiT, SIZES, dit, sincos_2d
 from lab.train import width_check, width_floor
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: extra threads only add overhead (and contention on a shared CI machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _randomize(model, seed=0):
     """Give the zero-initialised layers random weights so the output depends on everything."""

@@ -18,14 +18,6 @@ from lab.autoencoders.stages import (_step_generator, draw_sigma, evaluate_recon
 from lab.autoencoders.stem import TRMS2d, ConvStem
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny convs on a shared 2-core machine run ~10x faster on one thread (no OpenMP contention)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def tiny_vit(depth=2, dim=64):
     torch.manual_seed(0)

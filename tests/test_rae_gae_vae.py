@@ -16,14 +16,6 @@ from lab.autoencoders.vit_decoder import patchify, unpatchify, vit_decoder
 TINY_DEC = dict(width=32, depth=1, heads=2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors gain nothing from threads, and on a shared 2-core box OpenMP spinning costs 10x."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def tiny_vit(seed=0):
     torch.manual_seed(seed)

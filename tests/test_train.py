@@ -18,14 +18,6 @@ from lab.train import global_batch, train_generator
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: threads only add overhead, and single-threaded CPU math is deterministic."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def toy_latents(M=32, N=4, C=8, seed=0):
     """Two classes of latents around two prototypes."""
