@@ -82,16 +82,22 @@ def read_swap(m):
 
 
 def read_radial_share(m):
-    lin0, lin1 = float(m["dino_share_linear_start"]), float(m["dino_share_linear_end"])
-    sl = float(m["dino_share_slerp_max"])
+    """Verdict on RAE's standardised DINO tokens (norm sqrt(C), the prior's radius): the claim's setting."""
+    lin0, lin1 = float(m["dino_affine_free_share_linear_start"]), float(m["dino_affine_free_share_linear_end"])
+    sl = float(m["dino_affine_free_share_slerp_max"])
     if sl <= 1e-4 and min(lin0, lin1) >= 0.3:
         verdict = SUPPORTED
     elif sl >= min(lin0, lin1):
         verdict = CONTRADICTED
     else:
         verdict = NOT_SHOWN
-    return (f"DINOv2-S tokens: linear-path radial share {_g(lin0)} near noise, {_g(lin1)} near data; "
-            f"slerp max {_g(sl)}; midpoint norm dip {_g(float(m['dino_dip_mid']))}"), verdict
+    text = (f"RAE-standardised DINOv2-S tokens (norm √C): linear-path radial share {_g(lin0)} near noise, "
+            f"{_g(lin1)} near data, slerp max {_g(sl)}, midpoint norm dip {_g(float(m['dino_affine_free_dip_mid']))}")
+    if "dino_share_linear_start" in m:
+        text += (f"; raw tokens (mean norm {_g(float(m['dino_norm_mean_over_shell_raw']))}·√C, off the prior's "
+                 f"sphere): {_g(float(m['dino_share_linear_start']))} near noise, "
+                 f"{_g(float(m['dino_share_linear_end']))} near data")
+    return text, verdict
 
 
 def read_probe(m):
@@ -166,8 +172,8 @@ CLAIMS = [
     Claim("radial_share", SFM,
           "Linear-path velocity targets carry radial motion (share ≈ 0.5 near the ends for "
           "isotropic endpoints); slerp targets are purely tangent (share 0).",
-          "02_radial_share", ("dino_share_linear_start", "dino_share_linear_end", "dino_share_slerp_max",
-                              "dino_dip_mid"), read_radial_share),
+          "02_radial_share", ("dino_affine_free_share_linear_start", "dino_affine_free_share_linear_end",
+                              "dino_affine_free_share_slerp_max", "dino_affine_free_dip_mid"), read_radial_share),
     Claim("probe_teacher_student", SAE,
           "Cosine alignment keeps the teacher's semantics: the student's linear-probe accuracy "
           "stays close to the teacher's.",

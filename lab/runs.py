@@ -678,10 +678,13 @@ def _mark_unfinished():
 # ----------------------------------------------------------------------------------------------
 
 def list_runs(runs_dir=None, experiment=None):
-    """Every run folder under the root (or one experiment), oldest first."""
+    """Every run folder under the root (or one experiment), oldest first.
+
+    Folders starting with '.' or '_' are not experiments (runs/_zoo holds the shared models).
+    """
     root = runs_root(runs_dir)
     parents = [root / experiment] if experiment else sorted(
-        p for p in root.glob("*") if p.is_dir() and not p.name.startswith("."))
+        p for p in root.glob("*") if p.is_dir() and not p.name.startswith((".", "_")))
     out = []
     for parent in parents:
         for d in sorted(parent.glob("*")):

@@ -60,7 +60,7 @@ def swap_metrics(anchor_dir, anchor_radius, whole, key="lpips_alex"):  # 01
     return m
 
 
-def share_metrics(linear, slerp, dip_mid, name="dino"):  # 02: (start, end, max) per path
+def share_metrics(linear, slerp, dip_mid, name="dino_affine_free"):  # 02: (start, end, max) per path
     m = {f"{name}_dip_mid": dip_mid}
     for path, (start, end, top) in (("linear", linear), ("shell", (0.2, 0.2, 0.3)), ("slerp", slerp)):
         m[f"{name}_share_{path}_start"], m[f"{name}_share_{path}_end"] = start, end
@@ -339,8 +339,17 @@ def test_read_swap(anchor_dir, anchor_radius, verdict):
 def test_read_radial_share(linear, slerp_max, verdict):
     text, got = report.read_radial_share(share_metrics((*linear, 0.5), (0.0, 0.0, slerp_max), 0.71))
     assert got == verdict
-    assert (f"linear-path radial share {linear[0]:.4g} near noise, {linear[1]:.4g} near data; "
-            f"slerp max {slerp_max:.4g}; midpoint norm dip 0.71") in text
+    assert (f"linear-path radial share {linear[0]:.4g} near noise, {linear[1]:.4g} near data, "
+            f"slerp max {slerp_max:.4g}, midpoint norm dip 0.71") in text
+    assert "raw tokens" not in text  # the raw-token numbers appear only when logged
+
+
+def test_read_radial_share_adds_raw_tokens_when_logged():
+    m = share_metrics((0.5, 0.48, 0.5), (0.0, 0.0, 0.0), 0.71)
+    m.update(share_metrics((0.17, 0.8, 0.8), (0.0, 0.0, 0.0), 0.56, name="dino"))
+    m["dino_norm_mean_over_shell_raw"] = 2.02
+    text, got = report.read_radial_share(m)
+    assert got == SUPPORTED and "mean norm 2.02·√C" in text and "0.17 near noise, 0.8 near data" in text
 
 
 @pytest.mark.parametrize("teacher, student, verdict", [
@@ -442,16 +451,16 @@ def test_read_width_needs_both_sides_of_the_token_dim():
 
 def test_unreadable_metrics_do_not_break_the_report(tmp_path):
     bad = share_metrics((0.5, 0.5, 0.5), (0.0, 0.0, 0.0), 0.7)
-    bad["dino_share_linear_start"] = "oops"
+    bad["dino_affine_free_share_linear_start"] = "oops"
     make_run(tmp_path, "02_radial_share", {"n": 1}, bad)
     latest = report.latest_done(runs.list_runs(tmp_path))
     row = report.evaluate(claim("radial_share"), latest)
     assert row["verdict"] == NOT_SHOWN and row["measured"].startswith("unreadable metrics (ValueError")
-    only_n2 = report.Claim("x", "p", "t", "02_radial_share", ("dino_share_slerp_max",),
+    only_n2 = report.Claim("x", "p", "t", "02_radial_share", ("dino_affine_free_share_slerp_max",),
                            lambda m: ("ok", SUPPORTED), where={"n": 2})
     row = report.evaluate(only_n2, latest)
     assert row["verdict"] == report.NO_RUN and row["run"] is None
     assert row["measured"] == "no finished run of 02_radial_share with {'n': 2}"
-    row = report.evaluate(report.Claim("y", "p", "t", "02_radial_share", ("dino_share_slerp_max",),
+    row = report.evaluate(report.Claim("y", "p", "t", "02_radial_share", ("dino_affine_free_share_slerp_max",),
                                        lambda m: ("ok", SUPPORTED), where={"n": 1}), latest)
     assert row["verdict"] == SUPPORTED and row["run"].params == {"n": 1}

@@ -312,3 +312,10 @@ def test_papermill_bad_parameters_fail_in_kernel_before_compute(nb, tmp_path):
     assert "did you mean `steps`" in tb and "`lr` = 'fast' has type str" in tb
     assert "steps = 3" in tb  # the allowed parameters with their defaults
     assert not (nb.parent / "computed.marker").exists()  # the compute cell never ran
+
+
+def test_underscore_folders_are_not_experiments(tmp_path):
+    """runs/_zoo holds shared models and latents, never runs: listing skips it."""
+    (tmp_path / "_zoo" / "rae-0123456789").mkdir(parents=True)
+    (tmp_path / ".cache" / "x").mkdir(parents=True)
+    assert runs.list_runs(str(tmp_path)) == []
