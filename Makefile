@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: test reproduce install assets report lab clean-runs
+.PHONY: test reproduce install assets report lab
 
 install: $(STAMP)
 
@@ -22,9 +22,9 @@ assets: $(STAMP)
 test: assets
 	$(BIN)/python -m pytest
 
+# every notebook on its defaults, then reports/ (built even if a notebook failed; the exit code says so)
 reproduce: assets
-	$(BIN)/python -m lab.reproduce
-	$(BIN)/python -m lab.report
+	$(BIN)/python -m lab.reproduce; status=$$?; $(BIN)/python -m lab.report && exit $$status
 
 report: $(STAMP)
 	$(BIN)/python -m lab.report
