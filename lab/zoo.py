@@ -132,7 +132,7 @@ def gae(data="fashion", n=2048, size=64, latent_dim=32, align="latent", teacher=
         align_weight=align_weight, seed=seed))
 
 
-def hae(data="photos", n=2048, size=64, stem="conv", align="cosine", steps=150, batch_size=16, lr=5e-4,
+def hae(data="photos", n=2048, size=64, stem="conv", align="cosine", steps=100, batch_size=16, lr=5e-4,
         lambda_cos=1.0, lpips_weight=1.0, decoder_widths=(128, 64, 32, 16, 8), teacher="dinov2_s_imgfocus",
         teacher_weights=None, data_root=None, seed=0):
     """HAE / DINO-SAE after stage 1 (stem + decoder; stem='patch' is the patch-embedding baseline)."""
