@@ -400,6 +400,7 @@ def test_read_sampler_reads_the_fewest_steps(at4, verdict):
     (30.0, 8.0, 25.0, SUPPORTED),  # best at an interior scale
     (8.0, 8.0, 25.0, NOT_SHOWN),   # best at the smallest scale: monotone, not U-shaped
     (30.0, 8.0, 8.0, NOT_SHOWN),   # best at the largest scale
+    (30.0, 8.0, 8.05, NOT_SHOWN),  # interior minimum, but the large end within 1%: no U
 ])
 def test_read_u_curve(lo, best, hi, verdict):
     text, got = report.read_u_curve(scale_metrics(lo, best, hi, 1.1, 1.0))
