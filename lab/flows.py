@@ -115,28 +115,3 @@ def prior_for(path_name, shape, radius=None, generator=None, device=None):
     if path_name == "slerp":
         return sphere_prior(shape, radius, generator, device)
     return gaussian_prior(shape, generator, device)
-
-
-def training_loss(model, x1, y, *, path_name="linear", loss="euclidean", radial_weight=0.0,
-                  time_dist="logit_normal", shift=True, prior=None, generator=None):
-    """One flow-matching loss evaluation: draw x0 and t, build the path, call model(x_t, t, y).
-
-    prior: 'gaussian' | 'sphere' | None (None: sphere for slerp, Gaussian otherwise). For slerp the
-    data x1 must already lie on the sphere of the prior's radius (see lab.geometry.to_sphere).
-    """
-    B, N, C = x1.shape
-    dev = x1.device
-    if prior is None:
-        x0 = prior_for(path_name, x1.shape, generator=generator, device=dev)
-    elif prior == "sphere":
-        x0 = sphere_prior(x1.shape, generator=generator, device=dev)
-    elif prior == "gaussian":
-        x0 = gaussian_prior(x1.shape, generator=generator, device=dev)
-    else:
-        raise ValueError(f"prior={prior!r} is not one of None, 'sphere', 'gaussian'")
-    t = sample_t(B, time_dist, generator=generator, device=dev)
-    if shift:
-        t = shift_time(t, shift_alpha(N, C))
-    x_t, u_t = path(path_name, x0, x1, t)
-    pred = model(x_t, t, y)
-    return fm_loss(pred.float(), u_t, x_t, loss, radial_weight)

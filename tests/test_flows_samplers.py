@@ -151,14 +151,21 @@ def test_cfg_combination_interval_and_decode_radius():
         samplers.sample(m, (2, 3, 4), y, method="heun")
 
 
-def test_training_loss_is_differentiable_and_zero_for_oracle():
-    """For a single data point with the slerp path, the oracle field has zero Riemannian loss."""
+def test_training_step_loss_is_differentiable_and_zero_for_oracle():
+    """The trainer's step (lab.train): for one data point on the slerp path the oracle field has zero loss."""
+    from lab.train import fm_step_loss, global_batch
+
+    cpu = torch.device("cpu")
     target = sphere(1, 4, 16).float()
-    oracle = GeodesicField(target)
-    loss = flows.training_loss(oracle, target.expand(8, 4, 16), torch.zeros(8, dtype=torch.long),
-                               path_name="slerp", loss="riemannian", shift=True)
+    batch = dict(batch_size=8, seed=0, time_dist="logit_normal", shift=True, label_dropout=0.0,
+                 num_classes=1, device=cpu)
+    x1, y, x0, t = global_batch(target.expand(8, 4, 16).contiguous(), torch.zeros(8, dtype=torch.long), 0,
+                                path="slerp", **batch)
+    loss = fm_step_loss(GeodesicField(target), x1, y, x0, t, path="slerp", loss="riemannian", radial_weight=0.0,
+                        device=cpu)
     assert loss.item() < 1e-8
     lin = torch.nn.Linear(16, 16)
-    loss = flows.training_loss(lambda x, t, y: lin(x), torch.randn(8, 4, 16), None)
-    loss.backward()
+    x1, y, x0, t = global_batch(torch.randn(8, 4, 16), torch.zeros(8, dtype=torch.long), 0, path="linear", **batch)
+    fm_step_loss(lambda x, t, y: lin(x), x1, y, x0, t, path="linear", loss="euclidean", radial_weight=0.0,
+                 device=cpu).backward()
     assert torch.isfinite(lin.weight.grad).all() and lin.weight.grad.abs().sum() > 0
