@@ -3,3 +3,9 @@
 Time convention for the whole package (see lab.geometry): t = 0 is noise, t = 1 is data.
 """
 from lab import _torchvision  # noqa: F401  (makes torchvision/timm importable on a CPU torch)
+
+
+def check_choice(name, value, allowed):
+    """Raise ValueError naming the parameter and its allowed values unless value is one of them."""
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not one of {', '.join(map(repr, allowed))}")

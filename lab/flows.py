@@ -14,6 +14,7 @@ import math
 
 import torch
 
+from lab import check_choice
 from lab import geometry as geo
 
 PATHS = ("linear", "slerp", "shell")
@@ -21,17 +22,12 @@ LOSSES = ("euclidean", "riemannian")
 TIME_DISTS = ("uniform", "logit_normal")
 
 
-def _check(name, value, allowed):
-    if value not in allowed:
-        raise ValueError(f"{name}={value!r} is not one of {', '.join(map(repr, allowed))}")
-
-
 # ----------------------------------------------------------------------------- paths
 
 
 def path(name, x0, x1, t):
     """(x_t, u_t) of path `name` between noise x0 and data x1 at per-sample times t [B]."""
-    _check("path", name, PATHS)
+    check_choice("path", name, PATHS)
     x0, x1 = x0.float(), x1.float()
     if name == "linear":
         tt = geo._time(t, x0)
@@ -62,7 +58,7 @@ def gaussian_prior(shape, generator=None, device=None):
 
 def sample_t(n, kind="logit_normal", generator=None, device=None, mean=0.0, std=1.0):
     """Training times in (0, 1): uniform, or logit-normal sigmoid(N(mean, std^2)) (SD3)."""
-    _check("time_dist", kind, TIME_DISTS)
+    check_choice("time_dist", kind, TIME_DISTS)
     if kind == "uniform":
         return torch.rand(n, generator=generator, device=device)
     return torch.sigmoid(mean + std * torch.randn(n, generator=generator, device=device))
@@ -92,7 +88,7 @@ def fm_loss(pred, u_t, x_t, kind="euclidean", radial_weight=0.0):
     riemannian: |tangent(pred) - u_t|^2 + λ |radial(pred)|^2, with tangent/radial at x_t. u_t is
                 tangent for the slerp path; λ = radial_weight (0, 0.1, 1 in the paper's ablation).
     """
-    _check("loss", kind, LOSSES)
+    check_choice("loss", kind, LOSSES)
     pred = pred.float()
     if kind == "euclidean":
         return (pred - u_t).pow(2).mean()

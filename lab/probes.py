@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 import lab  # noqa: F401
-from lab import flows
+from lab import check_choice, flows
 from lab import geometry as geo
 from lab import metrics
 
@@ -113,7 +113,7 @@ def direction_magnitude_probe(ae, images, labels, n_anchors=32, norm_factors=(0.
     distances: dict name -> fn(images_a, images_b) -> [B] (default: LPIPS-alex and DINO-cos).
     """
     for p in probes:
-        metrics._check("probe", p, ("swap", "rescale", "angular"))
+        check_choice("probe", p, ("swap", "rescale", "angular"))
     distances = distances or default_distances()
     pairs = same_class_pairs(labels, n_anchors, seed)
     ia, ineigh = [a for a, _ in pairs], [b for _, b in pairs]
@@ -185,7 +185,7 @@ def norm_stats(z, preprocess=("raw", "standardize", "sphere"), seed=0):
     """
     if not isinstance(preprocess, dict):
         for p in preprocess:
-            metrics._check("preprocess", p, tuple(PREPROCESS))
+            check_choice("preprocess", p, tuple(PREPROCESS))
         preprocess = {p: PREPROCESS[p] for p in preprocess}
     z = z.float()
     C = z.shape[-1]
@@ -202,7 +202,7 @@ def norm_stats(z, preprocess=("raw", "standardize", "sphere"), seed=0):
 
 
 def _prior(kind, shape, generator):
-    metrics._check("prior", kind, ("gaussian", "sphere"))
+    check_choice("prior", kind, ("gaussian", "sphere"))
     if kind == "sphere":
         return flows.sphere_prior(shape, generator=generator)
     return flows.gaussian_prior(shape, generator=generator)
@@ -240,7 +240,7 @@ def radial_share_along_t(z, paths=("linear", "shell", "slerp"), ts=None, seed=0)
     z = z.float().cpu()
     rows = []
     for name in paths:
-        metrics._check("path", name, flows.PATHS)
+        check_choice("path", name, flows.PATHS)
         x1 = geo.to_sphere(z) if name == "slerp" else z
         x0 = _prior("sphere" if name == "slerp" else "gaussian", z.shape, torch.Generator().manual_seed(seed))
         for t in ts:

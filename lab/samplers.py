@@ -14,7 +14,7 @@ rescaled from the flow radius to a decoding radius (`decode_radius`: every token
 import torch
 from tqdm.auto import tqdm
 
-from lab import flows
+from lab import check_choice, flows
 from lab import geometry as geo
 
 METHODS = ("euler", "euler_project", "expmap")
@@ -35,7 +35,7 @@ def step(method, x, v, dt, radius=None):
     if method == "expmap":
         _, tangent = geo.split_radial(v.float(), x.float())
         return geo.expmap(x.float(), dt * tangent).to(x.dtype)
-    raise ValueError(f"method={method!r} is not one of {', '.join(map(repr, METHODS))}")
+    check_choice("method", method, METHODS)
 
 
 def guided_velocity(model, x, t, y, cfg_scale=1.0, cfg_interval=(0.0, 1.0), null_class=None):
@@ -60,10 +60,8 @@ def sample(model, shape, y, *, method="euler", steps=50, cfg_scale=1.0, cfg_inte
     `radius` or sqrt(C)). shift: use the dimension-dependent time shift alpha = sqrt(N·C/4096).
     decode_radius: if given, every generated token is rescaled to this norm before returning.
     """
-    if method not in METHODS:
-        raise ValueError(f"method={method!r} is not one of {', '.join(map(repr, METHODS))}")
-    if prior not in ("gaussian", "sphere"):
-        raise ValueError(f"prior={prior!r} is not one of 'gaussian', 'sphere'")
+    check_choice("method", method, METHODS)
+    check_choice("prior", prior, ("gaussian", "sphere"))
     B, N, C = shape
     if prior == "sphere":
         x = flows.sphere_prior(shape, radius, generator=generator, device=device)

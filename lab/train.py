@@ -25,7 +25,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
-from lab import flows
+from lab import check_choice, flows
 from lab import geometry as geo
 from lab.models.dit import DiT, dit
 from lab.trainutil import (NaNGuard, autocast, barrier, ddp_cleanup, ddp_setup, is_main,
@@ -89,12 +89,9 @@ def train_generator(latents, labels=None, *, model=None, size="tiny", model_kw=N
     training continues up to `steps` in total. batch_size is the global batch (split over ranks
     under torchrun). losses: the (rank-averaged) loss of every step since step 0.
     """
-    if path not in flows.PATHS:
-        raise ValueError(f"path={path!r} is not one of {flows.PATHS}")
-    if loss not in flows.LOSSES:
-        raise ValueError(f"loss={loss!r} is not one of {flows.LOSSES}")
-    if time_dist not in TIME_DISTS:
-        raise ValueError(f"time_dist={time_dist!r} is not one of {TIME_DISTS}")
+    check_choice("path", path, flows.PATHS)
+    check_choice("loss", loss, flows.LOSSES)
+    check_choice("time_dist", time_dist, TIME_DISTS)
     if latents.dim() != 3:
         raise ValueError(f"latents must be [M, N, C], got shape {list(latents.shape)}")
     rank, world, device = ddp_setup(device)

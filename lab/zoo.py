@@ -16,7 +16,7 @@ import torch
 from lab import assets
 from lab import data as datasets
 from lab import latents as latent_cache
-from lab import runs, trainutil
+from lab import check_choice, runs, trainutil
 
 DATASETS = ("photos", "fashion", "digits", "imagefolder")
 
@@ -78,7 +78,7 @@ def images(data="fashion", n=2048, size=64, split="train", seed=0, root=None):
         if n < len(ds):  # a class-balanced-ish subset: evenly spaced indices over the sorted files
             ds = torch.utils.data.Subset(ds, torch.linspace(0, len(ds) - 1, n).long().tolist())
     else:
-        raise ValueError(f"data={data!r} is not one of {', '.join(map(repr, DATASETS))}")
+        check_choice("data", data, DATASETS)
     return datasets.tensors(ds, n)
 
 
@@ -251,7 +251,7 @@ def autoencoder(kind, *, data="fashion", n=2048, size=64, steps=300, data_root=N
         ae = spherical_vae(data=data, n=n, size=size, vae_steps=steps, finetune_steps=max(steps // 2, 1),
                            data_root=data_root, seed=seed)[1]
     else:
-        raise ValueError(f"autoencoder={kind!r} is not one of {', '.join(map(repr, AUTOENCODERS))}")
+        check_choice("autoencoder", kind, AUTOENCODERS)
     return ae, dict(ae.recipe, split="train")
 
 
