@@ -8,4 +8,4 @@ from lab import _torchvision  # noqa: F401  (makes torchvision/timm importable o
 def check_choice(name, value, allowed):
     """Raise ValueError naming the parameter and its allowed values unless value is one of them."""
     if value not in allowed:
-        raise ValueError(f"{name}={value!r} is not one of {', '.join(map(repr, allowed))}")
+        raise ValueError(f"{name}={value!r}; allowed: {', '.join(map(repr, allowed))}")

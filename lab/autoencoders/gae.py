@@ -31,6 +31,7 @@ import lab  # noqa: F401  (timm on a CPU torch needs the torchvision fix first)
 from lab.autoencoders.rae import encoder_width, load_encoder, vit_tokens
 from lab.autoencoders.vit_decoder import patchify, sincos_2d, vit_decoder
 from lab.geometry import to_sphere
+from lab import check_choice
 
 TEACHERS = (None, "svd", "learned")
 ALIGNS = ("latent", "pre", "post")
@@ -149,10 +150,8 @@ class GAE(nn.Module):
                  decoder_size="tiny", vfm="dinov2_s_imgfocus", teacher="svd", align="latent",
                  noise_std=0.8, vfm_factor=1, decoder_kw=None):
         super().__init__()
-        if teacher not in TEACHERS:
-            raise ValueError(f"teacher={teacher!r}; allowed: {TEACHERS}")
-        if align not in ALIGNS:
-            raise ValueError(f"align={align!r}; allowed: {ALIGNS}")
+        check_choice("teacher", teacher, TEACHERS)
+        check_choice("align", align, ALIGNS)
         if image_size % patch_size:
             raise ValueError(f"image_size={image_size} must be a multiple of patch_size={patch_size}")
         if vfm is not None and align == "latent" and teacher is None:

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 import lab  # noqa: F401  (CPU torchvision fix before timm)
-from lab import assets
+from lab import assets, check_choice
 from lab.autoencoders.decoder import conv_decoder
 from lab.autoencoders.losses import ALIGN_KINDS, alignment_loss
 from lab.autoencoders.stem import ConvStem
@@ -43,10 +43,8 @@ class HAE(nn.Module):
                  train_blocks=False, image_size=64, stem_channels=(64, 128, 256), stem_kernel=3,
                  decoder_size="tiny", teacher_weights=None):
         super().__init__()
-        if stem not in STEMS:
-            raise ValueError(f"stem={stem!r}; allowed: {STEMS}")
-        if align not in ALIGN_KINDS:
-            raise ValueError(f"align={align!r}; allowed: {ALIGN_KINDS}")
+        check_choice("stem", stem, STEMS)
+        check_choice("align", align, ALIGN_KINDS)
         if image_size % DOWN:
             raise ValueError(f"image_size={image_size} must be a multiple of {DOWN}")
         if stem == "patch" and train_blocks:

@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import lab  # noqa: F401  (timm on a CPU torch needs the torchvision fix first)
-from lab import assets
+from lab import assets, check_choice
 from lab.autoencoders.vit_decoder import vit_decoder
 
 NOISE_KINDS = ("abs_normal", "uniform")
@@ -59,8 +59,7 @@ def vit_tokens(vit, images01, grid, norm="affine_free"):
     norm='affine_free' undoes the affine part of the final LayerNorm: (y - beta) / gamma is the
     plain standardised token (RAE's Dinov2withNorm); 'model' returns timm's output as is.
     """
-    if norm not in ENCODER_NORMS:
-        raise ValueError(f"encoder_norm={norm!r}; allowed: {ENCODER_NORMS}")
+    check_choice("encoder_norm", norm, ENCODER_NORMS)
     ph, pw = assets.patch_size(vit)
     y = assets.patch_tokens(vit, images01, size=(grid[0] * ph, grid[1] * pw))
     if norm == "model":
@@ -128,12 +127,10 @@ class RAE(nn.Module):
                  noise_tau=0.8, noise="abs_normal", latent_norm=False, encoder_norm="affine_free",
                  decoder_size="tiny", **decoder_kw):
         super().__init__()
-        if noise not in NOISE_KINDS:
-            raise ValueError(f"noise={noise!r}; allowed: {NOISE_KINDS}")
+        check_choice("noise", noise, NOISE_KINDS)
         if latent_norm not in LATENT_NORMS:
             raise ValueError(f"latent_norm={latent_norm!r}; allowed: False, 'channel'")
-        if encoder_norm not in ENCODER_NORMS:
-            raise ValueError(f"encoder_norm={encoder_norm!r}; allowed: {ENCODER_NORMS}")
+        check_choice("encoder_norm", encoder_norm, ENCODER_NORMS)
         g = grid or max(1, image_size // 16)
         self.grid = (g, g) if isinstance(g, int) else tuple(g)
         if image_size % self.grid[0] or image_size % self.grid[1]:

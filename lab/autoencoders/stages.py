@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 import lab  # noqa: F401
-from lab import assets
+from lab import assets, check_choice
 from lab.trainutil import (autocast, check_finite, latest_checkpoint, load_checkpoint, pick_device,
                            requires_grad, save_checkpoint)
 from lab.autoencoders.disc import DinoDisc
@@ -115,10 +115,8 @@ def train_stage(ae, data, stage=1, *, steps=500, batch_size=16, lr=2e-4, betas=(
     Returns the history: {name: [value per step]} with step, loss, l1, lpips, align, g, d,
     adaptive_w, sigma (entries that a stage does not compute are absent).
     """
-    if stage not in STAGES:
-        raise ValueError(f"stage={stage!r}; allowed: {STAGES}")
-    if noise_schedule not in NOISE_SCHEDULES:
-        raise ValueError(f"noise_schedule={noise_schedule!r}; allowed: {NOISE_SCHEDULES}")
+    check_choice("stage", stage, STAGES)
+    check_choice("noise_schedule", noise_schedule, NOISE_SCHEDULES)
     gan = stage >= 2 if gan is None else gan
     device = pick_device(device)
     ae.to(device).train()

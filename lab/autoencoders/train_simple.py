@@ -21,7 +21,7 @@ import os
 import torch
 from tqdm.auto import tqdm
 
-from lab import trainutil
+from lab import check_choice, trainutil
 from lab.autoencoders.losses import adaptive_weight, hinge_d_loss, hinge_g_loss, recon_loss
 from lab.autoencoders.rae import NOISE_KINDS
 from lab.autoencoders.vae import kl_gaussian
@@ -178,8 +178,7 @@ def train_rae(ae, data, steps=2000, batch_size=32, lr=2e-4, out_dir=None, resume
     if noise_tau is not None:
         ae.noise_tau = float(noise_tau)
     if noise is not None:
-        if noise not in NOISE_KINDS:
-            raise ValueError(f"noise={noise!r}; allowed: {NOISE_KINDS}")
+        check_choice("noise", noise, NOISE_KINDS)
         ae.noise = noise
     device = trainutil.pick_device(device)
     ae.to(device)
