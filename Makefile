@@ -17,17 +17,17 @@ $(STAMP): pyproject.toml
 	touch $@
 
 assets: $(STAMP)
-	$(BIN)/python -m lab.assets fetch
+	$(BIN)/python -m lab.infra.assets fetch
 
 test: assets
 	$(BIN)/python -m pytest
 
 # every notebook on its defaults, then reports/ (built even if a notebook failed; the exit code says so)
 reproduce: assets
-	$(BIN)/python -m lab.reproduce; status=$$?; $(BIN)/python -m lab.report && exit $$status
+	$(BIN)/python -m lab.infra.reproduce; status=$$?; $(BIN)/python -m lab.infra.report && exit $$status
 
 report: $(STAMP)
-	$(BIN)/python -m lab.report
+	$(BIN)/python -m lab.infra.report
 
 lab: assets
 	$(BIN)/jupyter lab notebooks/

@@ -2,7 +2,7 @@
 
 Time convention for the whole package (see lab.geometry): t = 0 is noise, t = 1 is data.
 """
-from lab import _torchvision  # noqa: F401  (makes torchvision/timm importable on a CPU torch)
+from lab.infra import torchvision_fix  # noqa: F401  (makes torchvision/timm importable on a CPU torch)
 
 
 def check_choice(name, value, allowed):

@@ -181,7 +181,7 @@ def fashion(split="train", n=None, size=64):
     """Fashion-MNIST (60k train / 10k test), grayscale -> RGB, resized to size; labels 0..9.
 
     n: the first n images of the split (the files are already shuffled) or all."""
-    from lab.assets import fashion_dir
+    from lab.infra.assets import fashion_dir
     if split not in ("train", "test"):
         raise ValueError(f"fashion(split={split!r}): allowed values are 'train', 'test'")
     _check_size(size)

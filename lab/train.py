@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from lab import check_choice, flows
 from lab import geometry as geo
-from lab.models.dit import DiT, dit
+from lab.dit import DiT, dit
 from lab.trainutil import (NaNGuard, autocast, barrier, ddp_cleanup, ddp_setup, is_main,
                            latest_checkpoint, load_checkpoint, requires_grad, save_checkpoint,
                            update_ema)

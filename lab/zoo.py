@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from lab import assets
+from lab.infra import assets
 from lab import data as datasets
-from lab import latents as latent_cache
+from lab.infra import latent_cache
 from lab import check_choice, runs, trainutil
 
 DATASETS = ("photos", "fashion", "digits", "imagefolder")
@@ -211,7 +211,7 @@ def generator(latents, labels, *, path="linear", loss="euclidean", radial_weight
 
     latents_key identifies the latents in the recipe (e.g. the autoencoder's recipe and data).
     """
-    from lab.models.dit import dit
+    from lab.dit import dit
     from lab.train import train_generator
 
     recipe = dict(kind="generator", latents=latents_key, shape=list(latents.shape), path=path, loss=loss,

@@ -1,7 +1,7 @@
-"""lab.assets: the converted weights are the real ones (ONNX agreement, ImageNet classes, LPIPS
+"""lab.infra.assets: the converted weights are the real ones (ONNX agreement, ImageNet classes, LPIPS
 ordering), checksums bite, missing assets name their fix, outside files load weights-only.
 
-Uses the real user cache (`make test` runs `python -m lab.assets fetch` first; otherwise the
+Uses the real user cache (`make test` runs `python -m lab.infra.assets fetch` first; otherwise the
 first test converts what is missing, which takes some seconds)."""
 import os
 import pickle
@@ -12,7 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lab import assets, data
+from lab import data
+from lab.infra import assets
 
 torch.set_num_threads(2)
 
@@ -134,7 +135,7 @@ def test_numpy_unpickler_allows_arrays_only(tmp_path):
 def test_sha_mismatch_is_a_clear_error(tmp_path):
     f = tmp_path / "weights.bin"
     f.write_bytes(b"not the weights")
-    with pytest.raises(assets.AssetError, match="(?s)sha256 mismatch.*python -m lab.assets fetch"):
+    with pytest.raises(assets.AssetError, match="(?s)sha256 mismatch.*python -m lab.infra.assets fetch"):
         assets.verify_sha256(f, "0" * 64)
     assert assets.verify_sha256(f, assets.sha256(f)) == assets.sha256(f)
 
@@ -199,7 +200,7 @@ def test_missing_fashion_names_the_fix(tmp_path, monkeypatch):
     monkeypatch.setattr(assets, "FASHION_SYSTEM", tmp_path / "nowhere")
     with pytest.raises(assets.AssetError, match="apt-get install dataset-fashion-mnist"):
         assets.fashion_dir()
-    with pytest.raises(assets.AssetError, match="lab.assets fetch"):
+    with pytest.raises(assets.AssetError, match="lab.infra.assets fetch"):
         data.fashion("train")
 
 
@@ -251,7 +252,7 @@ FETCH_WORKER = r'''
 import json, sys, time, zipfile
 from pathlib import Path
 import numpy as np, torch
-from lab import assets
+from lab.infra import assets
 
 log_file, ready, n_procs, digest = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 assets.PACKAGES["tiny"] = dict(spec="tiny==1.0", archive="tiny-1.0-py3-none-any.whl",

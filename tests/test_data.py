@@ -6,7 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from lab import data, latents
+from lab import data
+from lab.infra import latent_cache as latents
 
 torch.set_num_threads(2)
 

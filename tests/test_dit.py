@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from lab.models.dit import DiT, SIZES, dit, sincos_2d
+from lab.dit import DiT, SIZES, dit, sincos_2d
 from lab.train import width_check, width_floor
 
 

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 import lab  # noqa: F401  (before timm)
 import timm
-from lab import assets
+from lab.infra import assets
 from lab.autoencoders.decoder import ConvDecoder, UpBlock, conv_decoder, tokens_to_grid
 from lab.autoencoders.disc import DinoDisc
 from lab.autoencoders.hae import HAE

@@ -152,9 +152,9 @@ def test_linear_probe_flatten_vs_gap(method):
 
 
 def _assets_or_skip(fn_name):
-    assets = pytest.importorskip("lab.assets")
+    assets = pytest.importorskip("lab.infra.assets")
     if not hasattr(assets, fn_name):
-        pytest.skip(f"lab.assets.{fn_name} not available yet")
+        pytest.skip(f"lab.infra.assets.{fn_name} not available yet")
     return assets
 
 

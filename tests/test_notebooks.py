@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from lab import nbtools, runs
+from lab import runs
+from lab.infra import nbtools
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 

@@ -1,4 +1,4 @@
-"""lab.report: tables from the latest done runs only, claims with verdicts, failed/stale apart.
+"""lab.infra.report: tables from the latest done runs only, claims with verdicts, failed/stale apart.
 
 The claim readers are tested on metrics built with the same f-strings the notebooks use to name
 their keys, with hand-computed verdicts."""
@@ -9,7 +9,8 @@ import sys
 import pandas as pd
 import pytest
 
-from lab import report, runs
+from lab import runs
+from lab.infra import report
 
 SUPPORTED, NOT_SHOWN, REVERSED = report.SUPPORTED, report.NOT_SHOWN, report.CONTRADICTED
 

@@ -1,4 +1,4 @@
-"""lab.runs and lab.nbtools: the parameter contract, run folders, failure marking, papermill.
+"""lab.runs and lab.infra.nbtools: the parameter contract, run folders, failure marking, papermill.
 
 Three notebooks go through a real papermill kernel (a good run, a failing cell, bad parameters);
 everything else runs in-process.
@@ -13,7 +13,8 @@ import threading
 import nbformat
 import pytest
 
-from lab import nbtools, runs
+from lab import runs
+from lab.infra import nbtools
 
 PARAMS_CELL = '''steps = 3
 lr = 0.1

@@ -5,7 +5,7 @@ import sys
 import torch
 
 import lab
-from lab import _torchvision
+from lab.infra import torchvision_fix
 
 
 def test_plain_import_state_matches_fix_applied():

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from lab import trainutil as tu
-from lab.models.dit import dit
+from lab.dit import dit
 from lab.train import global_batch, train_generator
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import lab  # noqa: F401
-from lab import assets
+from lab.infra import assets
 
 SN = nn.utils.parametrizations.spectral_norm
 

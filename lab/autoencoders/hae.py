@@ -17,7 +17,8 @@ import torch
 import torch.nn as nn
 
 import lab  # noqa: F401  (CPU torchvision fix before timm)
-from lab import assets, check_choice
+from lab import check_choice
+from lab.infra import assets
 from lab.autoencoders.decoder import conv_decoder
 from lab.autoencoders.losses import ALIGN_KINDS, alignment_loss
 from lab.autoencoders.stem import ConvStem
@@ -30,7 +31,7 @@ class HAE(nn.Module):
     """Hierarchical-stem autoencoder on a frozen ViT teacher.
 
     teacher: a timm ViT module (kept frozen, built with dynamic_img_size=True) or a name for
-        lab.assets.vit ('dinov2_s_imgfocus' default; other timm names need teacher_weights).
+        lab.infra.assets.vit ('dinov2_s_imgfocus' default; other timm names need teacher_weights).
     stem: 'conv' (hierarchical stem) or 'patch' (the teacher's own patch embedding: the baseline).
     align: 'cosine' (DINO-SAE) or 'mse' (the ablation).
     decoder: an nn.Module mapping [B, N, C] -> [B, 3, 16h, 16w] (linear output trained towards
@@ -56,7 +57,7 @@ class HAE(nn.Module):
             teacher = assets.vit(teacher, weights=teacher_weights, img_size=size)
         if not getattr(teacher, "dynamic_img_size", False):
             raise ValueError("the teacher ViT must be built with dynamic_img_size=True "
-                             "(lab.assets.vit does this; timm.create_model(..., dynamic_img_size=True))")
+                             "(lab.infra.assets.vit does this; timm.create_model(..., dynamic_img_size=True))")
         self.teacher = assets.freeze(teacher)
         self.patch = assets.patch_size(teacher)
         self.width = teacher.embed_dim

@@ -23,7 +23,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import lab  # noqa: F401  (timm on a CPU torch needs the torchvision fix first)
-from lab import assets, check_choice
+from lab import check_choice
+from lab.infra import assets
 from lab.autoencoders.vit_decoder import vit_decoder
 
 NOISE_KINDS = ("abs_normal", "uniform")

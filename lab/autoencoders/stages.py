@@ -25,7 +25,8 @@ import torch
 from tqdm.auto import tqdm
 
 import lab  # noqa: F401
-from lab import assets, check_choice
+from lab import check_choice
+from lab.infra import assets
 from lab.trainutil import (autocast, check_finite, latest_checkpoint, load_checkpoint, pick_device,
                            requires_grad, save_checkpoint)
 from lab.autoencoders.disc import DinoDisc

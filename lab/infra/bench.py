@@ -1,4 +1,4 @@
-"""Benchmark: what the sphere costs. `python -m lab.bench [--sizes tiny S] [--batch 64] [--repeats 10]`
+"""Benchmark: what the sphere costs. `python -m lab.infra.bench [--sizes tiny S] [--batch 64] [--repeats 10]`
 
 Prints, per model size, for the same model and the same batch:
 - the median time of a full training step (batch draw, path, forward, loss, backward, clip,
@@ -21,7 +21,7 @@ import time
 import torch
 
 from lab import flows, samplers
-from lab.models.dit import dit
+from lab.dit import dit
 from lab.train import fm_step_loss, global_batch
 from lab.trainutil import pick_device, update_ema
 

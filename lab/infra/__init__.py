@@ -1,0 +1,1 @@
+"""Plumbing no notebook imports: weights, latent cache, notebook execution, sweeps, report, bench."""
