@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: test reproduce install assets report lab
+.PHONY: test reproduce install assets report lab mutation
 
 install: $(STAMP)
 
@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 assets: $(STAMP)
-	$(BIN)/python -m lab.infra.assets fetch
+	$(BIN)/python -m lab.infra.weights fetch
 
 test: assets
 	$(BIN)/python -m pytest
@@ -31,3 +31,8 @@ report: $(STAMP)
 
 lab: assets
 	$(BIN)/jupyter lab notebooks/
+
+# mutation score of the modules where a silent bug changes a finding (tests/mutation_run.py; not in CI)
+mutation: $(STAMP)
+	$(BIN)/pip install -q -e '.[mutation]'
+	MUTATION_CHILDREN=2 $(BIN)/python tests/mutation_run.py

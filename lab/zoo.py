@@ -13,10 +13,17 @@ from pathlib import Path
 
 import torch
 
-from lab.infra import assets
+from lab import encoders
 from lab import data as datasets
-from lab.infra import latent_cache
-from lab import check_choice, runs, trainutil
+from lab.infra import cache, latent_cache, safe_files
+from lab import check_choice, metrics, runs, trainutil
+from lab.autoencoders.decoder import ConvDecoder
+from lab.autoencoders.gae import GAE
+from lab.autoencoders.hae import HAE
+from lab.autoencoders.rae import RAE
+from lab.autoencoders.stages import train_stage
+from lab.autoencoders.trainers import finetune_spherical, train_gae, train_rae, train_vae
+from lab.autoencoders.vae import KLVAE, SphericalVAE
 
 DATASETS = ("photos", "fashion", "digits", "imagefolder")
 
@@ -30,14 +37,50 @@ def recipe_dir(name, recipe):
     return root() / f"{name}-{hashlib.sha1(blob.encode()).hexdigest()[:10]}"
 
 
+def _lock(folder):
+    """The recipe's inter-process lock: two notebooks (or a two-point lab.infra.batch sweep) asking
+    for one recipe at once: the first trains, the second waits here, then loads the same weights."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return safe_files.file_lock(folder / ".lock", what=f"zoo recipe {folder.name}")
+
+
 def _finished(folder):
-    return (folder / "done.json").is_file()
+    """True when done.json parses and the final checkpoints it names pass their checksums.
+
+    A cut done.json or a corrupt final checkpoint is moved aside (named in a warning) and the
+    recipe counts as unfinished: training resumes from the last intact checkpoint and, being
+    bit-identical on resume, rebuilds the same weights."""
+    done = folder / "done.json"
+    if not done.is_file():
+        return False
+    try:
+        info = cache.read_json(done, "zoo record")
+    except cache.CorruptFile as err:
+        safe_files.set_aside(done, str(err), "the recipe is finished again from its checkpoints")
+        return False
+    for rel in (info.get("checkpoints") or {}).values():
+        bad = trainutil.checkpoint_problem(folder / rel) if (folder / rel).is_dir() else f"{folder / rel} is missing"
+        if bad:
+            if (folder / rel).is_dir():
+                safe_files.set_aside(folder / rel, f"final zoo checkpoint {folder / rel} is corrupt: {bad}",
+                                     "the recipe trains again from its last intact checkpoint")
+            os.replace(done, done.with_name(f"done.json.stale-{os.getpid()}"))
+            return False
+    return True
 
 
-def _mark_finished(folder, recipe, history=None):
-    info = dict(recipe=recipe)
+def _final_checkpoints(folder):
+    """{checkpoint folder: its newest step folder}, relative to the recipe folder, for done.json."""
+    parents = sorted({p.parent for p in folder.rglob("step_*") if p.is_dir()})
+    newest = {p: trainutil.latest_checkpoint(str(p)) for p in parents}
+    return {str(p.relative_to(folder)): str(Path(c).relative_to(folder)) for p, c in newest.items() if c}
+
+
+def _mark_finished(folder, recipe, history=None, **extra):
+    info = dict(recipe=recipe, **extra)
     if history and history.get("loss"):
         info.update(final_loss=float(history["loss"][-1]), steps=len(history["loss"]))
+    info["checkpoints"] = _final_checkpoints(folder)
     runs.write_json(folder / "done.json", info)
 
 
@@ -48,10 +91,11 @@ def _load(folder, modules, sub="checkpoints"):
 def _train_or_load(name, recipe, ae, train, sub="checkpoints"):
     """Load the finished weights of `recipe`, or call train(out_dir) -> history and mark it finished."""
     folder = recipe_dir(name, recipe)
-    if _finished(folder):
-        _load(folder, ae.checkpoint_modules(), sub)
-    else:
-        _mark_finished(folder, recipe, train(str(folder)))
+    with _lock(folder):
+        if _finished(folder):
+            _load(folder, ae.checkpoint_modules(), sub)
+        else:
+            _mark_finished(folder, recipe, train(str(folder)))
     ae.recipe = recipe
     return ae.eval()
 
@@ -99,28 +143,25 @@ def rae(data="fashion", n=2048, size=64, decoder="vit", noise_tau=0.0, steps=400
     exactly: the latents already lie on a sphere. 'model' keeps the final LayerNorm's affine
     output, whose token norms vary: what the direction-vs-magnitude probes need.
     """
-    from lab.autoencoders.rae import RAE
-    from lab.autoencoders.train_simple import train_rae
-
     recipe = dict(kind="rae", data=data, n=n, size=size, decoder=decoder, noise_tau=noise_tau, steps=steps,
                   batch_size=batch_size, lr=lr, lpips_weight=lpips_weight, encoder_norm=encoder_norm, seed=seed)
     if encoder != "dinov2_s_imgfocus":
         recipe.update(encoder=encoder, encoder_weights=str(encoder_weights))
     recipe = _with_root(recipe, data_root)
     torch.manual_seed(seed)
-    enc = encoder if encoder == "dinov2_s_imgfocus" else assets.vit(encoder, weights=encoder_weights)
+    enc = encoder if encoder == "dinov2_s_imgfocus" else encoders.vit(encoder, weights=encoder_weights)
     ae = RAE(encoder=enc, decoder=decoder, image_size=size, noise_tau=noise_tau, encoder_norm=encoder_norm)
     return _train_or_load("rae", recipe, ae, lambda out: train_rae(
         ae, images(data, n, size, root=data_root)[0], steps=steps, batch_size=batch_size, lr=lr, out_dir=out,
         noise_tau=noise_tau, lpips_weight=lpips_weight, seed=seed))
 
 
-def gae(data="fashion", n=2048, size=64, latent_dim=32, align="latent", teacher="svd", noise_std=0.8,
+def gae(data="fashion", n=2048, size=64, latent_dim=32, align="latent", teacher="svd", noise_std=0.2,
         steps=300, batch_size=32, lr=5e-4, align_weight=1.0, data_root=None, seed=0):
-    """GAE: ViT autoencoder with RMS-normalised d-dim tokens (|z| = sqrt(d)), VFM-aligned."""
-    from lab.autoencoders.gae import GAE
-    from lab.autoencoders.train_simple import train_gae
+    """GAE: ViT autoencoder with RMS-normalised d-dim tokens (|z| = sqrt(d)), VFM-aligned.
 
+    noise_std: GAE's C_sigma, a standard deviation (GAE App G: 0.2; Tab 4: 0.05 / 0.1 / 0.2).
+    """
     recipe = dict(kind="gae", data=data, n=n, size=size, latent_dim=latent_dim, align=align, teacher=teacher,
                   noise_std=noise_std, steps=steps, batch_size=batch_size, lr=lr, align_weight=align_weight,
                   seed=seed)
@@ -136,10 +177,6 @@ def hae(data="photos", n=2048, size=64, stem="conv", align="cosine", steps=100, 
         lambda_cos=1.0, lpips_weight=1.0, decoder_widths=(128, 64, 32, 16, 8), teacher="dinov2_s_imgfocus",
         teacher_weights=None, data_root=None, seed=0):
     """HAE / DINO-SAE after stage 1 (stem + decoder; stem='patch' is the patch-embedding baseline)."""
-    from lab.autoencoders.decoder import ConvDecoder
-    from lab.autoencoders.hae import HAE
-    from lab.autoencoders.stages import train_stage
-
     recipe = dict(kind="hae", data=data, n=n, size=size, stem=stem, align=align, steps=steps,
                   batch_size=batch_size, lr=lr, lambda_cos=lambda_cos, lpips_weight=lpips_weight,
                   decoder_widths=list(decoder_widths), seed=seed)
@@ -147,7 +184,7 @@ def hae(data="photos", n=2048, size=64, stem="conv", align="cosine", steps=100, 
         recipe.update(teacher=teacher, teacher_weights=str(teacher_weights))
     recipe = _with_root(recipe, data_root)
     torch.manual_seed(seed)
-    width = 384 if teacher == "dinov2_s_imgfocus" else assets.vit(teacher, weights=teacher_weights).embed_dim
+    width = 384 if teacher == "dinov2_s_imgfocus" else encoders.vit(teacher, weights=teacher_weights).embed_dim
     ae = HAE(teacher=teacher, stem=stem, align=align, image_size=size, teacher_weights=teacher_weights,
              decoder=ConvDecoder(width, tuple(decoder_widths)))
     return _train_or_load("hae", recipe, ae, lambda out: train_stage(
@@ -163,9 +200,6 @@ def spherical_vae(data="fashion", n=2048, size=64, latent_dim=32, vae_steps=300,
 
     Returns (vae, spherical_vae): the Gaussian original and the spherical version.
     """
-    from lab.autoencoders.train_simple import finetune_spherical, train_vae
-    from lab.autoencoders.vae import KLVAE, SphericalVAE
-
     recipe = dict(kind="sphvae", data=data, n=n, size=size, latent_dim=latent_dim, vae_steps=vae_steps,
                   finetune_steps=finetune_steps, batch_size=batch_size, lr=lr, kl_weight=kl_weight,
                   decoder_widths=list(decoder_widths), seed=seed)
@@ -173,23 +207,24 @@ def spherical_vae(data="fashion", n=2048, size=64, latent_dim=32, vae_steps=300,
     folder = recipe_dir("sphvae", recipe)
     torch.manual_seed(seed)
     vae = KLVAE(image_size=size, latent_dim=latent_dim, decoder_widths=decoder_widths)
-    if _finished(folder):
-        _load(folder / "vae", vae.checkpoint_modules())
-        svae = SphericalVAE(vae)
-        # the fine-tuned decoder of the spherical model lives in its own checkpoint
-        _load(folder / "spherical", svae.checkpoint_modules())
-        vae_plain = KLVAE(image_size=size, latent_dim=latent_dim, decoder_widths=decoder_widths)
-        _load(folder / "vae", vae_plain.checkpoint_modules())
-    else:
-        x, _ = images(data, n, size, root=data_root)
-        train_vae(vae, x, steps=vae_steps, batch_size=batch_size, lr=lr, out_dir=str(folder / "vae"),
-                  kl_weight=kl_weight, seed=seed)
-        vae_plain = KLVAE(image_size=size, latent_dim=latent_dim, decoder_widths=decoder_widths)
-        vae_plain.load_state_dict(vae.state_dict())
-        svae = SphericalVAE(vae)
-        hist = finetune_spherical(svae, x, steps=finetune_steps, batch_size=batch_size, lr=lr / 2,
-                                  out_dir=str(folder / "spherical"), seed=seed)
-        _mark_finished(folder, recipe, hist)
+    with _lock(folder):  # a second caller waits, then loads
+        if _finished(folder):
+            _load(folder / "vae", vae.checkpoint_modules())
+            svae = SphericalVAE(vae)
+            # the fine-tuned decoder of the spherical model lives in its own checkpoint
+            _load(folder / "spherical", svae.checkpoint_modules())
+            vae_plain = KLVAE(image_size=size, latent_dim=latent_dim, decoder_widths=decoder_widths)
+            _load(folder / "vae", vae_plain.checkpoint_modules())
+        else:
+            x, _ = images(data, n, size, root=data_root)
+            train_vae(vae, x, steps=vae_steps, batch_size=batch_size, lr=lr, out_dir=str(folder / "vae"),
+                      kl_weight=kl_weight, seed=seed)
+            vae_plain = KLVAE(image_size=size, latent_dim=latent_dim, decoder_widths=decoder_widths)
+            vae_plain.load_state_dict(vae.state_dict())
+            svae = SphericalVAE(vae)
+            hist = finetune_spherical(svae, x, steps=finetune_steps, batch_size=batch_size, lr=lr / 2,
+                                      out_dir=str(folder / "spherical"), seed=seed)
+            _mark_finished(folder, recipe, hist)
     vae_plain.recipe = svae.recipe = recipe
     return vae_plain.eval(), svae.eval()
 
@@ -219,19 +254,20 @@ def generator(latents, labels, *, path="linear", loss="euclidean", radial_weight
                   model_kw=model_kw or {}, seed=seed)
     folder = recipe_dir("gen", recipe)
     num_classes = int(labels.max()) + 1
-    if _finished(folder):
-        torch.manual_seed(seed)
-        ema = dit(size, in_dim=latents.shape[-1], num_tokens=latents.shape[1], num_classes=num_classes,
-                  **(model_kw or {}))
-        _load(folder, {"ema": ema})
-        losses = json.loads((folder / "done.json").read_text()).get("losses", [])
-    else:
-        out = train_generator(latents, labels, path=path, loss=loss, radial_weight=radial_weight, steps=steps,
-                              batch_size=batch_size, lr=lr, size=size, model_kw=model_kw, out_dir=str(folder),
-                              ckpt_every=max(steps // 4, 1), ema_decay=min(0.9999, 1 - 10 / steps), seed=seed, progress=progress,
-                              num_classes=num_classes)
-        ema, losses = out["ema"], out["losses"]
-        runs.write_json(folder / "done.json", dict(recipe=recipe, losses=losses))
+    with _lock(folder):  # a second caller waits, then loads
+        if _finished(folder):
+            torch.manual_seed(seed)
+            ema = dit(size, in_dim=latents.shape[-1], num_tokens=latents.shape[1], num_classes=num_classes,
+                      **(model_kw or {}))
+            _load(folder, {"ema": ema})
+            losses = json.loads((folder / "done.json").read_text()).get("losses", [])
+        else:
+            out = train_generator(latents, labels, path=path, loss=loss, radial_weight=radial_weight, steps=steps,
+                                  batch_size=batch_size, lr=lr, size=size, model_kw=model_kw, out_dir=str(folder),
+                                  ckpt_every=max(steps // 4, 1), ema_decay=min(0.9999, 1 - 10 / steps), seed=seed, progress=progress,
+                                  num_classes=num_classes)
+            ema, losses = out["ema"], out["losses"]
+            _mark_finished(folder, recipe, losses=losses)
     ema.recipe, ema.losses, ema.num_classes = recipe, losses, num_classes
     return ema.eval()
 
@@ -265,9 +301,53 @@ def dino_tokens(x, encoder_norm="model", batch_size=64):
     encoder_norm: 'model' (timm's output, final LayerNorm with its affine) or 'affine_free' (RAE's
     standardised tokens, all of norm sqrt(C)).
     """
-    from lab.autoencoders.rae import RAE
-    key = (x.shape[-1], encoder_norm)
-    if key not in _DINO:
-        _DINO[key] = RAE(decoder="vit", image_size=x.shape[-1], encoder_norm=encoder_norm).eval()
-    ae = _DINO[key]
-    return torch.cat([ae.teacher_features(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+    g = max(1, x.shape[-1] // 16)  # RAE's grid: one token per 16 px
+    if g not in _DINO:
+        _DINO[g] = encoders.load_encoder(encoders.DINO_NAME, (g, g))
+    return torch.cat([encoders.vit_tokens(_DINO[g], x[i:i + batch_size], (g, g), encoder_norm)
+                      for i in range(0, len(x), batch_size)])
+
+
+LATENTS = ("dino", "dino_affine_free", "gae", "vae", "sphvae", "hae")
+
+
+def latents(name, x, *, data="fashion", n=2048, size=64, gae_steps=300, vae_steps=150, finetune_steps=50,
+            hae_data="photos", hae_steps=100, seed=0):
+    """Tokens of images x under one of LATENTS, training (or loading) the model it needs.
+
+    'dino' / 'dino_affine_free': DINOv2-S tokens with / without the final LayerNorm's affine (no
+    training); 'gae': RMS-normalised GAE tokens; 'vae' / 'sphvae': the KL-VAE's posterior means and
+    their projection to sqrt(d); 'hae': the HAE student (stage 1, trained on `hae_data`).
+    """
+    check_choice("latents", name, LATENTS)
+    if name in ("dino", "dino_affine_free"):
+        return dino_tokens(x, encoder_norm="model" if name == "dino" else "affine_free")
+    if name == "gae":
+        ae = gae(data=data, n=n, size=size, steps=gae_steps, seed=seed)
+    elif name == "hae":
+        ae = hae(data=hae_data, n=n, size=size, steps=hae_steps, seed=seed)
+    else:
+        ae = spherical_vae(data=data, n=n, size=size, vae_steps=vae_steps, finetune_steps=finetune_steps,
+                           seed=seed)[name == "sphvae"]
+    with torch.no_grad():  # after any training above
+        return torch.cat([ae.encode(x[i:i + 64]).float() for i in range(0, len(x), 64)])
+
+
+def generation_data(kind, *, data="fashion", n=2048, size=64, steps=300, n_test=200, data_root=None, seed=0):
+    """What a generator comparison needs, shared by notebooks 05 and 06: (autoencoder, its latents
+    key, train latents, train labels, held-out images, held-out latents, their EfficientNet features).
+    kind: 'gae' | 'sphvae' (zoo.autoencoder) or 'hae' (the HAE student, `steps` stage-1 steps).
+
+    One autoencoder per data set (seed `seed`); latents are encoded once and cached; the real-image
+    features are computed once for every configuration compared against them.
+    """
+    if kind == "hae":  # free-norm latents: the HAE student (stage 1) trained on the same data
+        ae = hae(data=data, n=n, size=size, steps=steps, data_root=data_root, seed=seed)
+        key = dict(ae.recipe, split="train")
+    else:
+        ae, key = autoencoder(kind, data=data, n=n, size=size, steps=steps, data_root=data_root, seed=seed)
+    x, y = images(data, n=n, size=size, root=data_root)
+    z, labels = encode(ae, x, y, key)
+    x_test, _ = images(data, n=n_test, size=size, split="test", root=data_root)
+    z_test, _ = encode(ae, x_test, torch.zeros(len(x_test), dtype=torch.long), dict(key, split="test"))
+    return ae, key, z, labels, x_test, z_test, metrics.extract_features(x_test, "effnet")

@@ -43,16 +43,7 @@ class FakeExecutor:
         return {"status": run.status, "dir": str(run.dir), "error": run.meta.get("error")}
 
 
-@pytest.mark.parametrize("raw, default, want", [
-    ("3", batch._NO_DEFAULT, 3), ("-2", batch._NO_DEFAULT, -2), ("0.1", batch._NO_DEFAULT, 0.1),
-    ("1e-4", batch._NO_DEFAULT, 1e-4), ("True", batch._NO_DEFAULT, True),
-    ("false", batch._NO_DEFAULT, False), ("none", batch._NO_DEFAULT, None),
-    ("slerp", batch._NO_DEFAULT, "slerp"), ("'007'", batch._NO_DEFAULT, "007"),
-    ("1", 0.5, 1.0), ("1", "a", "1"), ("true", "a", "true"), ("2", 3, 2),
-])
-def test_parse_value(raw, default, want):
-    got = batch.parse_value(raw, default)
-    assert got == want and type(got) is type(want)
+# parse_value lives in lab.infra.params and is tested in tests/test_params.py
 
 
 def test_grid_is_typed_by_the_notebook_and_cartesian(tmp_path):

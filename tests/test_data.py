@@ -114,6 +114,45 @@ def test_imagefolder_skips_and_counts_corrupt_images(folder):
     assert any("2 skipped" in str(w.message) or "2 unreadable" in str(w.message) for w in record)
 
 
+def _png_chunk(kind, payload):
+    import struct
+    import zlib
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def _bomb_png(path, side=20000):
+    """A few-KB PNG whose header claims side x side RGB pixels (PIL refuses it as a decompression bomb)."""
+    import struct
+    import zlib
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    idat = zlib.compress(bytes(6000))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat)
+                     + _png_chunk(b"IEND", b""))
+
+
+def test_imagefolder_skips_and_counts_a_decompression_bomb(folder):
+    _bomb_png(folder / "cats" / "5_bomb.png")
+    assert (folder / "cats" / "5_bomb.png").stat().st_size < 8000
+    ds = data.imagefolder(folder, size=32)
+    with pytest.warns(data.SkippedImageWarning, match="5_bomb.png"):
+        x = torch.stack([ds[i][0] for i in range(len(ds))])
+    assert x.shape == (9, 3, 32, 32)
+    assert any("5_bomb.png" in p for p in ds.bad) and ds.skipped == 3
+
+
+def test_imagefolder_scales_16_bit_images(tmp_path):
+    (tmp_path / "a").mkdir()
+    levels = np.linspace(0, 255, 64).round().astype(np.uint16)
+    gray16 = np.tile(levels, (64, 1)) * 257  # 8-bit level v as 16-bit v * 257 (v/255 == v*257/65535)
+    Image.fromarray(gray16).save(tmp_path / "a" / "gray16.png")
+    with Image.open(tmp_path / "a" / "gray16.png") as img:
+        assert img.mode.startswith("I")  # PIL reads it as a 16-bit integer image
+    x, _ = data.imagefolder(tmp_path, size=64)[0]
+    expect = torch.from_numpy(np.tile(levels, (64, 1)) / 255.0).float()
+    for c in range(3):
+        torch.testing.assert_close(x[c], expect, atol=1 / 255 + 1e-6, rtol=0)
+
+
 def test_imagefolder_missing_or_empty_root(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a folder"):
         data.imagefolder(tmp_path / "nope")

@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from lab.dit import DiT, SIZES, dit, sincos_2d
-from lab.train import width_check, width_floor
+from lab.dit import DiT, SIZES, default_heads, dit, sincos_2d
+from lab.probes import width_check, width_floor
 
 
 
@@ -99,12 +99,43 @@ def test_bf16_autocast_dtype_flow():
     assert m(x.bfloat16(), t, y).dtype == torch.bfloat16
 
 
-def test_forward_with_cfg_matches_formula():
+def test_ddt_head_is_raes_form():
+    """RAE §5: v = H(x_t | z_t, t). The head's token input is x_t alone; the base output z_t only
+    conditions it, per token. With the head's adaLN zeroed the output is linear(norm(ddt_x(x_t))):
+    no class, time or base output in it (the old form added the base output to the head input)."""
     torch.manual_seed(0)
-    m = _randomize(dit("tiny", in_dim=8, num_tokens=4, num_classes=3))
-    x, t, y = torch.randn(2, 4, 8), torch.rand(2), torch.tensor([0, 2])
-    v_c, v_u = m(x, t, y), m(x, t, torch.full((2,), 3))
-    torch.testing.assert_close(m.forward_with_cfg(x, t, y, 4.0), v_u + 4.0 * (v_c - v_u), rtol=1e-4, atol=1e-4)
+    m = _randomize(dit("tiny", in_dim=8, num_tokens=16, num_classes=10, ddt_width=32, ddt_depth=2))
+    x, t, y = torch.randn(2, 16, 8), torch.rand(2), torch.tensor([1, 2])
+    conds = []
+    hook = m.ddt_blocks[0].adaLN.register_forward_hook(lambda mod, inp, out: conds.append(inp[0]))
+    full = m(x, t, y)
+    hook.remove()
+    assert conds[0].shape == (2, 16, 32)  # one condition per token
+    assert not torch.allclose(conds[0][:, 0], conds[0][:, 1])  # ...that differs between tokens
+    assert not torch.allclose(m(x, t, torch.tensor([3, 4])), full, atol=1e-4)  # y reaches the head via z_t
+    with torch.no_grad():
+        for block in list(m.ddt_blocks) + [m.final]:
+            block.adaLN[-1].weight.zero_()
+            block.adaLN[-1].bias.zero_()
+    h = m.ddt_x(x)
+    expected = m.final.linear(h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6))
+    torch.testing.assert_close(m(x, t, y), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(m(x, torch.rand(2), torch.tensor([5, 6])), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_heads_default_to_head_dim_at_most_128():
+    assert default_heads(1152) == 9 and default_heads(2048) == 16 and default_heads(64) == 1
+    assert default_heads(384, at_least=6) == 6 and default_heads(1000) == 8  # 1000/8 = 125
+    with torch.device("meta"):
+        wide = dit("tiny", in_dim=8, num_tokens=16, width=1152, ddt_width=2048)
+        given = dit("tiny", in_dim=8, num_tokens=16, width=1152, heads=4)
+        xl = dit("XL", in_dim=8, num_tokens=16)
+    assert wide.blocks[0].attn.heads == 9 and wide.ddt_blocks[0].attn.heads == 16
+    assert given.blocks[0].attn.heads == 4  # an explicit count is kept
+    assert xl.blocks[0].attn.heads == 16  # presets keep theirs (head_dim 72)
+    for m in (wide, xl):
+        for blk in list(m.blocks) + list(getattr(m, "ddt_blocks", [])):
+            assert blk.attn.qkv.in_features // blk.attn.heads <= 128
 
 
 def test_presets_param_counts():

@@ -75,6 +75,42 @@ def test_time_sampling_ranges():
         flows.sample_t(3, "beta")
 
 
+def test_time_distributions_by_ks_test():
+    """Range and mean cannot tell logit-normal from uniform; a Kolmogorov-Smirnov test can."""
+    stats = pytest.importorskip("scipy.stats")
+    g = torch.Generator().manual_seed(1)
+    ln = flows.sample_t(20000, "logit_normal", generator=g, mean=0.3, std=0.7).double()
+    un = flows.sample_t(20000, "uniform", generator=g).double()
+    logit = torch.log(ln / (1 - ln)).numpy()
+    assert stats.kstest(logit, "norm", args=(0.3, 0.7)).pvalue > 1e-3
+    assert stats.kstest(un.numpy(), "uniform").pvalue > 1e-3
+    assert stats.kstest(ln.numpy(), "uniform").pvalue < 1e-6  # the two are told apart
+    # quantiles: P(t < 0.2) = Φ((logit 0.2 - 0.3)/0.7)
+    p = stats.norm.cdf((math.log(0.2 / 0.8) - 0.3) / 0.7)
+    assert (ln < 0.2).double().mean().item() == pytest.approx(p, abs=0.01)
+
+
+def test_small_latents_shift_toward_data():
+    """16 tokens x 32 channels: α = √(512/4096) = 0.354 < 1, so shifted times move toward data (t = 1):
+    under logit-normal sampling P(t < 0.2) falls from 8.3% to 0.8%."""
+    stats = pytest.importorskip("scipy.stats")
+    alpha = flows.shift_alpha(16, 32)
+    assert alpha == pytest.approx(math.sqrt(0.125))
+    t = torch.linspace(0, 1, 11, dtype=torch.float64)
+    shifted = flows.shift_time(t, alpha)
+    assert (shifted[1:-1] > t[1:-1]).all() and shifted[0] == 0 and shifted[-1] == 1
+    cut = 0.2 * alpha / (1 - 0.2 * (1 - alpha))  # t' < 0.2  <=>  t < cut
+    assert stats.norm.cdf(math.log(0.2 / 0.8)) == pytest.approx(0.083, abs=0.001)
+    assert stats.norm.cdf(math.log(cut / (1 - cut))) == pytest.approx(0.0077, abs=0.0005)
+    g = torch.Generator().manual_seed(2)
+    ts = flows.shift_time(flows.sample_t(50000, "logit_normal", generator=g), alpha)
+    assert (ts < 0.2).float().mean().item() == pytest.approx(0.0077, abs=0.002)
+    assert flows.resolve_shift(True, 16, 32) == alpha and flows.resolve_shift(False, 16, 32) == 1.0
+    assert flows.resolve_shift(2.5, 16, 32) == 2.5
+    with pytest.raises(ValueError, match="shift"):
+        flows.resolve_shift(-1.0, 16, 32)
+
+
 def test_sphere_prior_radius():
     z = flows.sphere_prior((4, 5, 36))
     torch.testing.assert_close(z.norm(dim=-1), torch.full((4, 5), 6.0))
@@ -91,6 +127,26 @@ def test_riemannian_loss_ignores_radial_part_unless_penalised():
     assert flows.fm_loss(pred, u_t, x, "euclidean").item() == pytest.approx(radial.pow(2).mean().item(), rel=1e-5)
     with pytest.raises(ValueError, match="loss"):
         flows.fm_loss(pred, u_t, x, "cosine")
+
+
+def test_euler_project_removes_radial_part_first():
+    """DINO-SAE Alg 2 / HAE A.2 worked case: R = √32, Δt = 0.485, tangent speed 8.9, radial -5.
+
+    Alg 2 drops the radial part, steps, projects: atan(Δt·8.9/R) = 37.3°. Stepping with the raw v and
+    then projecting would turn by atan(4.32/(R - 2.43)) = 53.2°; the exact exp map turns 43.7°.
+    """
+    C, dt = 32, 0.485
+    R = math.sqrt(C)
+    x = torch.zeros(1, 1, C)
+    x[..., 0] = R
+    v = torch.zeros(1, 1, C)
+    v[..., 1], v[..., 0] = 8.9, -5.0
+    turn = {m: math.degrees(geo.angle(x, samplers.step(m, x, v, dt)).item()) for m in ("euler_project", "expmap")}
+    assert turn["euler_project"] == pytest.approx(37.3, abs=0.05)
+    assert turn["expmap"] == pytest.approx(43.7, abs=0.05)
+    assert math.degrees(math.atan(dt * 8.9 / (R - dt * 5))) == pytest.approx(53.2, abs=0.05)  # the old form
+    out = samplers.step("euler_project", x, v, dt)
+    torch.testing.assert_close(out.norm(dim=-1), torch.full((1, 1), R))
 
 
 def _one_step_angle(method, omega, dt, C=16):
@@ -134,6 +190,63 @@ def test_expmap_sampler_follows_geodesic_exactly_euler_project_lags():
     assert errs["euler_project"] > 10 * errs["expmap"]
 
 
+def _remaining_angle_euler_project(theta, ts):
+    """Closed form for Euler+projection on the exact geodesic field: each step turns by atan(Δt·θ/(1-t))."""
+    for t0, t1 in zip(ts[:-1], ts[1:]):
+        theta = theta - math.atan((t1 - t0) * theta / (1 - t0))
+    return theta
+
+
+@pytest.mark.parametrize("shift", [False, 0.5, 3.0])
+def test_sampler_end_point_pinned_on_both_sides(shift):
+    """The end error of euler_project equals its closed form (so it is bounded above and below);
+    a sampler that integrates backwards (or ignores the shifted grid) lands far from it."""
+    torch.manual_seed(0)
+    target = sphere(1, 4, 16).float()
+    field = GeodesicField(target)
+    g = torch.Generator().manual_seed(4)
+    x0 = flows.sphere_prior((2, 4, 16), generator=torch.Generator().manual_seed(4))
+    out = samplers.sample(field, (2, 4, 16), torch.zeros(2, dtype=torch.long), method="euler_project",
+                          steps=6, prior="sphere", shift=shift, generator=g)
+    ts = samplers.time_grid(6, flows.resolve_shift(shift, 4, 16)).double().tolist()
+    start = geo.angle(x0.double(), target.double().expand_as(x0))
+    expected = torch.tensor([[_remaining_angle_euler_project(a, ts) for a in row] for row in start.tolist()])
+    err = geo.angle(out.double(), target.double().expand_as(out))
+    torch.testing.assert_close(err, expected.double(), atol=2e-4, rtol=1e-3)
+    assert (err < 0.5 * start).all()  # it moved toward the target, not away
+
+
+def test_euler_lands_on_the_target_of_a_linear_field():
+    """v = (x1 - x)/(1 - t) is the exact linear-path field: Euler ends exactly at x1 on any grid."""
+    target = torch.randn(1, 4, 8)
+
+    class Toward(torch.nn.Module):
+        def forward(self, x, t, y):
+            return (target - x) / (1 - t)[:, None, None]
+
+    for shift in (False, True, 0.3):
+        out = samplers.sample(Toward(), (3, 4, 8), torch.zeros(3, dtype=torch.long), steps=5, shift=shift)
+        torch.testing.assert_close(out, target.expand_as(out), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("shift", [True, False, 0.354, 4.0])
+def test_sampler_time_grid_uses_the_shift(shift):
+    """The times the model is called at are shift_time(linspace) with the resolved alpha."""
+    seen = []
+
+    class Record(torch.nn.Module):
+        def forward(self, x, t, y):
+            seen.append(float(t[0]))
+            return torch.zeros_like(x)
+
+    samplers.sample(Record(), (1, 16, 32), torch.zeros(1, dtype=torch.long), steps=8, shift=shift)
+    alpha = flows.resolve_shift(shift, 16, 32)
+    grid = torch.linspace(0, 1, 9, dtype=torch.float64)
+    expected = (grid / (alpha - (alpha - 1) * grid))[:-1]
+    assert seen == pytest.approx(expected.tolist(), abs=1e-6)
+    torch.testing.assert_close(samplers.time_grid(8, alpha), flows.shift_time(grid, alpha).float())
+
+
 def test_cfg_combination_interval_and_decode_radius():
     class Lin(torch.nn.Module):
         def forward(self, x, t, y):
@@ -149,6 +262,47 @@ def test_cfg_combination_interval_and_decode_radius():
     torch.testing.assert_close(out.norm(dim=-1), torch.full((2, 3), 7.0))
     with pytest.raises(ValueError, match="method"):
         samplers.sample(m, (2, 3, 4), y, method="heun")
+
+
+def test_trainer_times_follow_shift_and_time_dist():
+    """global_batch's t is shift_time(sample_t(...)) from the step's generator: by closed form."""
+    from lab.train import global_batch, step_seed
+
+    cpu = torch.device("cpu")
+    lat = torch.randn(4, 16, 32)
+    kw = dict(batch_size=4096, seed=5, path="linear", label_dropout=0.0, num_classes=1, device=cpu)
+    for dist in flows.TIME_DISTS:
+        t_plain = global_batch(lat, torch.zeros(4, dtype=torch.long), 3, time_dist=dist, shift=False, **kw)[3]
+        g = torch.Generator().manual_seed(step_seed(5, 3))
+        flows.prior_for("linear", (4096, 16, 32), generator=g)
+        torch.testing.assert_close(t_plain, flows.sample_t(4096, dist, generator=g))
+        for shift in (True, 0.25, 3.0):
+            t = global_batch(lat, torch.zeros(4, dtype=torch.long), 3, time_dist=dist, shift=shift, **kw)[3]
+            alpha = flows.resolve_shift(shift, 16, 32)
+            torch.testing.assert_close(t, t_plain / (alpha - (alpha - 1) * t_plain))
+
+
+def test_radial_weight_reaches_the_trainers_loss():
+    """A model whose output is c·x_t (purely radial, |x_t|² = C per token on the slerp path): the
+    Riemannian loss of step 0 is mean|u_t|² + λ c², so the difference between λ and 0 is λ c²."""
+    from lab.train import train_generator
+
+    class Radial(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = torch.nn.Parameter(torch.tensor(2.0))
+
+        def forward(self, x, t, y):
+            return self.c * x
+
+    lat = torch.randn(8, 4, 16)
+    first = {}
+    for lam in (0.0, 0.1, 1.0):
+        out = train_generator(lat, model=Radial(), path="slerp", loss="riemannian", radial_weight=lam, steps=1,
+                              batch_size=8, progress=False, device="cpu")
+        first[lam] = out["losses"][0]
+    assert first[0.1] - first[0.0] == pytest.approx(0.1 * 4.0, rel=1e-4)
+    assert first[1.0] - first[0.0] == pytest.approx(1.0 * 4.0, rel=1e-4)
 
 
 def test_training_step_loss_is_differentiable_and_zero_for_oracle():

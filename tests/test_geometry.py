@@ -166,3 +166,56 @@ def test_antipodal_fallback_on_coordinate_axes(axis):
     torch.testing.assert_close(v.norm(dim=-1), torch.tensor([3 * math.pi], dtype=torch.float64))
     assert (v * x).sum().abs() < 1e-12
     torch.testing.assert_close(geo.expmap(x, v), -x)
+
+
+@pytest.mark.parametrize("name", ["angle", "logmap", "expmap", "split_radial", "to_sphere"])
+def test_every_public_function_computes_bf16_in_fp32(name):
+    """bf16 in, fp32 math, bf16 out: equal to the fp32 result on the same (bf16-rounded) inputs, rounded once."""
+    g = torch.Generator().manual_seed(3)
+    x = geo.to_sphere(torch.randn(64, 256, generator=g)).bfloat16()
+    y = (x.float() + 0.05 * torch.randn(64, 256, generator=g)).bfloat16()  # close points: bf16 math loses them
+    fns = {"angle": lambda a, b: geo.angle(a, b), "logmap": lambda a, b: geo.logmap(a, b),
+           "expmap": lambda a, b: geo.expmap(a, b), "split_radial": lambda a, b: geo.split_radial(b, a)[0],
+           "to_sphere": lambda a, b: geo.to_sphere(b, 3.3)}
+    out, ref = fns[name](x, y), fns[name](x.float(), y.float()).bfloat16()
+    assert out.dtype == torch.bfloat16 and torch.equal(out, ref), name
+
+
+def test_split_radial_parts_keep_the_input_dtype():
+    x, v = torch.randn(3, 8).bfloat16(), torch.randn(3, 8).bfloat16()
+    rad, tan = geo.split_radial(v, x)
+    assert rad.dtype == tan.dtype == torch.bfloat16
+
+
+def test_small_radius_and_zero_vectors():
+    """Radius below 1 (the angle is |v|/R, not |v|) and the zero vector (no division by zero)."""
+    R = 0.3
+    x = rand_sphere(5, 8, radius=R)
+    _, tan = geo.split_radial(torch.randn(5, 8, dtype=torch.float64), x)
+    v = tan / tan.norm(dim=-1, keepdim=True) * 0.2  # angle 0.2 / 0.3
+    out = geo.expmap(x, v)
+    torch.testing.assert_close(geo.angle(x, out), torch.full((5,), 0.2 / R, dtype=torch.float64))
+    y = geo.expmap(x, 1.3 * v)
+    torch.testing.assert_close(geo.slerp(x, y, torch.full((5,), 0.5, dtype=torch.float64)), geo.expmap(x, 0.65 * v))
+    torch.testing.assert_close(geo.slerp_velocity(x, y, torch.zeros(5, dtype=torch.float64)), 1.3 * v)
+    zero = torch.zeros(2, 8, dtype=torch.float64)  # a degenerate sphere: finite, never 0/0
+    assert torch.isfinite(geo.expmap(zero, torch.randn(2, 8, dtype=torch.float64))).all()
+    assert torch.isfinite(geo.slerp_velocity(zero, torch.randn(2, 8, dtype=torch.float64), torch.rand(2))).all()
+
+
+def test_python_float_time_in_float64():
+    """A float t is taken at the dtype of the points: float64 paths are exact to 1e-12."""
+    x0, x1 = rand_sphere(4, 16), rand_sphere(4, 16)
+    total = geo.angle(x0, x1)
+    torch.testing.assert_close(geo.angle(x0, geo.slerp(x0, x1, 0.3)), 0.3 * total, atol=1e-13, rtol=1e-13)
+
+
+def test_antipodal_fallback_near_the_first_axis_is_tangent():
+    """|x̂_0| >= 0.9 uses the e1 fallback: it must be tangent too when x̂ has an e1 component."""
+    x = torch.zeros(3, 8, dtype=torch.float64)
+    x[:, 0], x[:, 1], x[:, 2] = 0.95, torch.tensor([0.3, -0.2, 0.0], dtype=torch.float64), 0.1
+    x = geo.to_sphere(x, 2.0)
+    v = geo.logmap(x, -x)
+    torch.testing.assert_close(v.norm(dim=-1), torch.full((3,), 2 * math.pi, dtype=torch.float64))
+    assert (v * x).sum(-1).abs().max() < 1e-12
+    torch.testing.assert_close(geo.expmap(x, v), -x)

@@ -148,18 +148,10 @@ def test_linear_probe_flatten_vs_gap(method):
         metrics.linear_probe(xtr, ytr, xte, yte, method="svm")
 
 
-# ----------------------------------------------------------------------------- real networks (assets)
-
-
-def _assets_or_skip(fn_name):
-    assets = pytest.importorskip("lab.infra.assets")
-    if not hasattr(assets, fn_name):
-        pytest.skip(f"lab.infra.assets.{fn_name} not available yet")
-    return assets
+# ----------------------------------------------------------------------------- real networks (lab cache)
 
 
 def test_effnet_fd_named_and_zero_on_identical_sets():
-    _assets_or_skip("efficientnet_lite0")
     x = smooth_images(3, 64, 64, 5).float()
     f = metrics.effnet_features(x, size=64)
     assert f.shape == (3, 1280) and torch.isfinite(f).all()
@@ -168,7 +160,6 @@ def test_effnet_fd_named_and_zero_on_identical_sets():
 
 
 def test_lpips_orders_distortions():
-    _assets_or_skip("lpips_net")
     x = smooth_images(2, 64, 64, 6).float()
     blur = torch.nn.functional.avg_pool2d(x, 3, 1, 1)
     other = smooth_images(2, 64, 64, 7).float()
@@ -176,8 +167,52 @@ def test_lpips_orders_distortions():
     assert (metrics.lpips_distance(x, blur) < metrics.lpips_distance(x, other)).all()
 
 
+def _skimage_pair():
+    """chelsea and astronaut (bundled with scikit-image), area-resized to 64 px: x = both, y = (astronaut, chelsea mirrored)."""
+    from skimage import data
+
+    def load(img):
+        x = torch.from_numpy(np.asarray(img)).permute(2, 0, 1)[None].double() / 255
+        return torch.nn.functional.interpolate(x, size=(64, 64), mode="area").float()
+
+    a, b = load(data.chelsea()), load(data.astronaut())
+    return torch.cat([a, b]), torch.cat([b, a.flip(-1)])
+
+
+# Reference LPIPS values, computed once (lab.metrics.lpips_distance on the converted lpips 0.1.4
+# checkpoint, CPU fp32) on _skimage_pair: (x vs y, x vs 3x3 box blur of x).
+LPIPS_REF = {"alex": ([0.43207496, 0.41446444], [0.22657150, 0.18969826]),
+             "vgg": ([0.65902394, 0.69168735], [0.25036144, 0.17523536])}
+
+
+@pytest.mark.parametrize("net", ["alex", "vgg"])
+def test_lpips_pinned_to_reference_values(net):
+    x, y = _skimage_pair()
+    blur = torch.nn.functional.avg_pool2d(x, 3, 1, 1)
+    pair, blurred = LPIPS_REF[net]
+    torch.testing.assert_close(metrics.lpips_distance(x, y, net), torch.tensor(pair), atol=1e-4, rtol=0)
+    torch.testing.assert_close(metrics.lpips_distance(x, blur, net), torch.tensor(blurred), atol=1e-4, rtol=0)
+
+
+def test_lpips_reference_catches_a_wrong_first_convolution():
+    """A BGR-swapped or spatially transposed first convolution still orders distortions, but moves the values."""
+    import copy
+
+    from lab.infra import feature_nets
+    x, y = _skimage_pair()
+    net = feature_nets.lpips_net("alex")
+    conv = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d))
+    ref = torch.tensor(LPIPS_REF["alex"][0])
+    for broken in (lambda w: w.flip(1), lambda w: w.transpose(2, 3)):
+        bad = copy.deepcopy(net)
+        first = next(m for m in bad.modules() if isinstance(m, torch.nn.Conv2d))
+        with torch.no_grad():
+            first.weight.copy_(broken(conv.weight))
+            value = bad(x * 2 - 1, y * 2 - 1).flatten()
+        assert (value - ref).abs().max() > 1e-3, value
+
+
 def test_dino_features_and_distance():
-    _assets_or_skip("vit")
     x = smooth_images(2, 56, 56, 8).float()
     f = metrics.dino_features(x, pool="both", size=56)
     assert f.shape == (2, 768) and torch.isfinite(f).all()

@@ -14,7 +14,7 @@ import nbformat
 import pytest
 
 from lab import runs
-from lab.infra import nbtools
+from lab.infra import nbtools, params
 
 PARAMS_CELL = '''steps = 3
 lr = 0.1
@@ -68,7 +68,7 @@ def nb(tmp_path):
 # ----------------------------------------------------------------------------------------------
 
 def test_parse_parameters_reads_defaults_and_choices():
-    declared = runs.parse_parameters(PARAMS_CELL + 'size: int = 64\nmode = "a"  # One of: a, b\n')
+    declared = params.parse_parameters(PARAMS_CELL + 'size: int = 64\nmode = "a"  # One of: a, b\n')
     assert list(declared) == ["steps", "lr", "path", "fail", "ckpt", "size", "mode"]
     assert declared["steps"].default == 3 and declared["lr"].default == 0.1
     assert declared["path"].choices == ("linear", "slerp", "shell")
@@ -84,7 +84,7 @@ def test_parse_parameters_reads_defaults_and_choices():
 ])
 def test_parse_parameters_rejects_non_literal_cells(source, needle):
     with pytest.raises(ValueError, match=needle):
-        runs.parse_parameters(source)
+        params.parse_parameters(source)
 
 
 def test_start_rejects_unknown_parameter_with_suggestion_and_allowed_list(nb, tmp_path):
@@ -274,9 +274,13 @@ def test_kernel_name_uses_this_interpreter():
     assert nbtools._same_python(argv0)
 
 
-def test_papermill_good_run_is_done_with_everything(nb, tmp_path):
+def test_papermill_good_run_is_done_with_everything(nb, tmp_path, caplog):
+    caplog.set_level("WARNING", logger="papermill")
     res = nbtools.execute(nb, {"steps": 7, "lr": 1}, runs_dir=tmp_path)
     assert res["status"] == "done", res["error"]
+    # the run folder reaches the kernel through its environment: papermill has nothing to warn
+    assert not [r for r in caplog.records if "unknown parameter" in r.getMessage()]
+    assert not (runs.Run(res["dir"]).dir / runs.HANDOFF).exists()
     run = runs.Run(res["dir"])
     assert run.params == {"steps": 7, "lr": 1.0, "path": "slerp", "fail": False, "ckpt": None}
     assert run.metrics["loss"] == pytest.approx(1 / 7)
@@ -284,7 +288,7 @@ def test_papermill_good_run_is_done_with_everything(nb, tmp_path):
     assert [p.name for p in run.figures()] == ["curve.png"] and run.tables() == ["curve"]
     executed = nbformat.read(run.dir / "demo.ipynb", 4)
     injected = [c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])]
-    assert "steps = 7" in injected[0].source and "_lab_run_dir" in injected[0].source
+    assert "steps = 7" in injected[0].source and "_lab_" not in injected[0].source
     assert run.meta["pid"] != os.getpid()  # the kernel took the folder over
     # an identical request reuses the finished run without executing anything
     again = nbtools.execute(nb, {"steps": 7, "lr": 1.0}, runs_dir=tmp_path, reuse=True)
@@ -313,6 +317,106 @@ def test_papermill_bad_parameters_fail_in_kernel_before_compute(nb, tmp_path):
     assert "did you mean `steps`" in tb and "`lr` = 'fast' has type str" in tb
     assert "steps = 3" in tb  # the allowed parameters with their defaults
     assert not (nb.parent / "computed.marker").exists()  # the compute cell never ran
+
+
+def _files(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _plain_papermill(source, out, cwd, parameters=None):
+    """What a user does by hand: `papermill source out -p ...`, no lab.infra.nbtools involved."""
+    import papermill as pm
+    pm.execute_notebook(str(source), str(out), parameters=parameters or {}, cwd=str(cwd),
+                        kernel_name=nbtools.kernel_name("python3"), progress_bar=False)
+
+
+def test_plain_papermill_of_a_finished_runs_notebook_makes_a_new_run(nb, tmp_path, monkeypatch):
+    """Issue 9 case 1: the executed notebook saved in a done run, edited and run again with plain
+    papermill, used to rewrite that run (params.json, tables) and leave it `done`."""
+    from papermill.exceptions import PapermillExecutionError
+    monkeypatch.setenv("LAB_RUNS_DIR", str(tmp_path / "runs"))
+    res = nbtools.execute(nb, {"steps": 7}, runs_dir=tmp_path / "runs")
+    assert res["status"] == "done", res["error"]
+    done = runs.Run(res["dir"])
+    before = _files(done.dir)
+    book = nbformat.read(done.dir / "demo.ipynb", 4)
+    book.cells[0].source = book.cells[0].source.replace("fail = False", "fail = True")
+    edited = tmp_path / "edited.ipynb"
+    nbformat.write(book, edited)
+    with pytest.raises(PapermillExecutionError, match="asked to fail"):
+        _plain_papermill(edited, tmp_path / "out.ipynb", nb.parent)
+    assert _files(done.dir) == before and runs.Run(done.dir).status == "done"
+    new = [r for r in runs.list_runs(tmp_path / "runs", "demo") if r.dir != done.dir]
+    assert len(new) == 1 and new[0].status == "failed" and new[0].params["fail"] is True
+
+
+def test_passing_an_old_run_folder_as_a_parameter_makes_a_new_run(nb, tmp_path, monkeypatch):
+    """`papermill -p _lab_run_dir <a done run>` used to take the finished run over."""
+    monkeypatch.setenv("LAB_RUNS_DIR", str(tmp_path / "runs"))
+    done = runs.create("demo", {"steps": 3, "lr": 0.1, "path": "slerp", "fail": False,
+                                "ckpt": None}, runs_dir=tmp_path / "runs").done()
+    before = _files(done.dir)
+    _plain_papermill(nb, tmp_path / "out.ipynb", nb.parent,
+                     {"_lab_run_dir": str(done.dir), "steps": 5})
+    assert _files(done.dir) == before
+    new = [r for r in runs.list_runs(tmp_path / "runs", "demo") if r.dir != done.dir]
+    assert len(new) == 1 and new[0].status == "done" and new[0].params["steps"] == 5
+
+
+def test_lab_run_dir_is_taken_over_once_and_never_when_finished(nb, tmp_path, monkeypatch):
+    ns = namespace()
+    waiting = runs.create("demo", runs.resolve(nb), runs_dir=tmp_path)
+    env = runs.handoff(waiting, nb)
+    monkeypatch.setenv("LAB_RUN_DIR", env["LAB_RUN_DIR"])
+    taken = runs.start("demo", ns, notebook=nb)
+    assert taken.dir == waiting.dir and "LAB_RUN_DIR" not in os.environ
+    taken.done()
+    monkeypatch.setenv("LAB_RUN_DIR", str(waiting.dir))  # a second kernel with the same folder
+    with pytest.raises(ValueError, match="is done: a finished run is never written again"):
+        runs.start("demo", namespace(), notebook=nb)
+    assert runs.Run(waiting.dir).status == "done"
+
+
+def test_a_finished_run_refuses_writes(tmp_path):
+    run = runs.create("demo", {"steps": 1}, runs_dir=tmp_path).done()
+    again = runs.Run(run.dir)
+    for write in (lambda: again.log_metrics({"loss": 1.0}), lambda: again.log_table("t", {"a": [1]})):
+        with pytest.raises(ValueError, match="finished run is never written again"):
+            write()
+    assert again.metrics == {} and again.tables() == []
+
+
+def test_status_records_commit_and_a_diff_hash_when_dirty(tmp_path):
+    """Issue 8 item 4: a run records the exact code: commit, plus a hash of the diff if dirty."""
+    from lab.infra import provenance
+    repo = tmp_path / "repo"
+    (repo / "lab").mkdir(parents=True)
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    (repo / "lab" / "a.py").write_text("x = 1\n")
+    subprocess.run(git + ["add", "."], check=True)
+    subprocess.run(git + ["commit", "-qm", "c"], check=True)
+    clean = provenance.code_state(repo)
+    assert clean["dirty"] is False and clean["diff_sha256"] is None and len(clean["commit"]) == 40
+    assert provenance.code_is_clean(clean) == (True, f"commit {clean['commit'][:10]}")
+    (repo / "lab" / "a.py").write_text("x = 2\n")
+    one = provenance.code_state(repo)
+    (repo / "lab" / "a.py").write_text("x = 3\n")
+    two = provenance.code_state(repo)
+    assert one["dirty"] and one["commit"] == clean["commit"] and len(one["diff_sha256"]) == 64
+    assert one["diff_sha256"] != two["diff_sha256"]  # the hash names the exact edit
+    (repo / "lab" / "a.py").write_text("x = 2\n")
+    assert provenance.code_state(repo) == one
+    (repo / "notebooks").mkdir()
+    (repo / "notebooks" / "new.ipynb").write_text("{}")  # untracked files count too
+    assert provenance.code_state(repo)["diff_sha256"] != one["diff_sha256"]
+    ok, why = provenance.code_is_clean(one)
+    assert not ok and "dirty" in why and one["diff_sha256"][:12] in why
+    assert provenance.code_is_clean({"commit": None, "dirty": None})[0] is False
+    assert provenance.code_is_clean({})[0] is False
+    run = runs.create("demo", {"steps": 1}, runs_dir=tmp_path / "runs")
+    assert {"commit", "dirty", "diff_sha256"} <= set(run.meta)
+    assert run.code_is_clean() == provenance.code_is_clean(run.meta)
 
 
 def test_underscore_folders_are_not_experiments(tmp_path):

@@ -209,6 +209,45 @@ def test_nan_guard_stops_with_step_and_saves(tmp_path):
     assert all(torch.isfinite(w).all() for w in weights.values())
 
 
+STUCK_AT_EXIT = """
+import runpy, sys, time
+
+
+class Stuck:  # stands in for ~ProcessGroupGloo waiting on the GIL during interpreter teardown
+    def __del__(self):
+        time.sleep(240)
+
+
+STUCK = Stuck()  # a module global: its destructor runs only when the interpreter tears down
+sys.argv[0] = "lab.train"
+runpy.run_module("lab.train", run_name="__main__")
+"""
+
+
+def test_torchrun_exit_never_waits_on_a_destructor(tmp_path):
+    """Issue 9 case 9: a rank once hung for 300 s in ~ProcessGroupGloo after training was done.
+    After a torchrun training the ranks exit without interpreter teardown, so a destructor that
+    never returns (simulated here) cannot keep them alive."""
+    lat, labels = toy_latents()
+    file = str(tmp_path / "lat.safetensors")
+    save_file({"latents": lat, "labels": labels}, file)
+    script = tmp_path / "stuck_at_exit.py"
+    script.write_text(STUCK_AT_EXIT)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+           "--latents", file, "--out-dir", str(tmp_path / "ddp"), "--steps", "2", "--batch-size", "8",
+           "--ckpt-every", "100", "--device", "cpu"]
+    proc = subprocess.Popen(cmd, env=_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both ranks
+        out, _ = proc.communicate()
+        pytest.fail("a torchrun rank did not exit after training: its exit waited on a destructor\n" + out[-2000:])
+    assert proc.returncode == 0, out[-3000:]
+    assert "done: step 2" in out
+
+
 def test_torchrun_gloo_two_processes_match_one(tmp_path):
     """torchrun, 2 CPU processes (gloo), global batch 16 split 8 + 8 == 1 process with batch 16."""
     lat, labels = toy_latents()
@@ -232,3 +271,43 @@ def test_torchrun_gloo_two_processes_match_one(tmp_path):
             torch.testing.assert_close(w, ref[name], rtol=1e-4, atol=1e-5, msg=f"{module}.{name}")
     state = torch.load(os.path.join(ckpt, "state.pt"), weights_only=True)
     np.testing.assert_allclose(state["extra"]["losses"].numpy(), single["losses"], rtol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# precision (HAE A.1 / App D: Riemannian FM in fp32)
+# ---------------------------------------------------------------------------------------------
+
+def test_default_precision_follows_the_paper():
+    from lab.train import default_precision
+    assert default_precision("cpu", "linear", "euclidean") == "fp32"
+    assert default_precision("cuda", "slerp", "riemannian") == "fp32"  # the spherical path: fp32
+    assert default_precision("cuda", "slerp", "euclidean") == "fp32"
+    assert default_precision("cuda", "linear", "riemannian") == "fp32"
+    assert default_precision("cuda", "linear", "euclidean") == "bf16"
+
+
+class DtypeProbe(torch.nn.Module):
+    """Records whether autocast is on and the dtype a linear layer computes in."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(8, 8)
+        self.seen = []
+
+    def forward(self, x, t, y):
+        out = self.lin(x)
+        self.seen.append((torch.is_autocast_enabled("cpu"), out.dtype))
+        return out
+
+
+@pytest.mark.parametrize("precision,expected", [("fp32", (False, torch.float32)),
+                                                ("bf16", (True, torch.bfloat16)),
+                                                (None, (False, torch.float32))])
+def test_precision_reaches_the_step(precision, expected):
+    lat, labels = toy_latents()
+    probe = DtypeProbe()
+    out = train_generator(lat, labels, model=probe, steps=2, batch_size=8, progress=False, device="cpu",
+                          precision=precision)
+    assert probe.seen == [expected, expected] and all(np.isfinite(out["losses"]))
+    with pytest.raises(ValueError, match="precision"):
+        train_generator(lat, labels, model=DtypeProbe(), steps=1, batch_size=8, progress=False, precision="fp16")

@@ -10,27 +10,13 @@ Output convention: forward() returns a *linear* output that is trained towards i
 (no sigmoid, which would flatten gradients near black and white); decode() clamps it to [0, 1].
 Train on forward(), show and measure decode().
 """
-import math
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from lab.autoencoders.stem import TRMS2d
-
-
-def tokens_to_grid(z, grid=None):
-    """[B, N, C] -> [B, C, h, w]; a square grid unless (h, w) is given."""
-    B, N, C = z.shape
-    if grid is None:
-        side = math.isqrt(N)
-        if side * side != N:
-            raise ValueError(f"{N} tokens are not a square grid; pass grid=(h, w)")
-        grid = (side, side)
-    h, w = grid
-    if h * w != N:
-        raise ValueError(f"grid={grid} does not hold {N} tokens")
-    return z.transpose(1, 2).reshape(B, C, h, w)
+from lab.encoders import tokens_to_grid
 
 
 class ResBlock(nn.Module):

@@ -13,8 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import lab  # noqa: F401
-from lab.infra import assets
+from lab import encoders
 
 SN = nn.utils.parametrizations.spectral_norm
 
@@ -51,7 +50,7 @@ class DinoDisc(nn.Module):
         bad = [i for i in layers if not 0 <= i < depth]
         if bad:
             raise ValueError(f"layers={layers}: indices {bad} outside the ViT's {depth} blocks")
-        self._vit = (assets.freeze(vit),)  # a tuple: not a registered submodule (see module doc)
+        self._vit = (encoders.freeze(vit),)  # a tuple: not a registered submodule (see module doc)
         self.layers, self.size = list(layers), size
         self.heads = nn.ModuleList(TokenHead(vit.embed_dim, hidden) for _ in layers)
 
@@ -60,7 +59,7 @@ class DinoDisc(nn.Module):
         return self._vit[0]
 
     def _resize(self, x):
-        ph, pw = assets.patch_size(self.vit)
+        ph, pw = encoders.patch_size(self.vit)
         H, W = x.shape[-2:]
         h, w = self.size if self.size is not None else (math.ceil(H / ph) * ph, math.ceil(W / pw) * pw)
         if (h, w) != (H, W):
@@ -69,7 +68,7 @@ class DinoDisc(nn.Module):
 
     def features(self, images01):
         """Frozen-ViT tokens at self.layers: list of [B, N, C] (gradients flow to the images)."""
-        x = assets.normalize(self._resize(images01), self.vit)
+        x = encoders.normalize(self._resize(images01), self.vit)
         return self.vit.forward_intermediates(x, indices=self.layers, output_fmt="NLC",
                                               intermediates_only=True)
 

@@ -4,9 +4,10 @@ Liu, Wang, Sun 2026, "Geometric Autoencoder for Diffusion Models".
 - Encoder: patch embed -> ViT blocks -> LayerNorm (the high-dim features h, 'pre' alignment)
   -> linear to d -> RMS-normalise each token: mu = sqrt(d) * y / |y|, so |mu| = sqrt(d) and each
   channel has unit RMS (the latent is the product of N spheres of radius sqrt(d)). No KL term.
-- Dynamic noise while training: z = mu + |sigma| * eps, sigma ~ N(0, C_sigma), one sigma per
-  sample, eps ~ N(0, I). C_sigma = noise_std^2; with unit-RMS channels sigma is in channel units,
-  as for RAE's sigma.
+- Dynamic noise while training (noise.gae_dynamic_noise): z = mu + |sigma| * eps, sigma ~ N(0, C_sigma),
+  one sigma per sample, eps ~ N(0, I). C_sigma (`noise_std`) is a standard deviation: GAE's Tab 4
+  heads it "standard deviation C_sigma" (0.05 / 0.1 / 0.2) and App G trains with 0.2, the default
+  here. With unit-RMS channels sigma is in channel units, as for RAE's sigma.
 - Semantic teacher E_sp: VFM tokens f [B, N, C] -> compact codes [B, N, d], either
     'svd':     top-d right singular vectors of the centred VFM tokens (fit on data),
                E_sp(f) = (f - m) V_d, with the exact up-projection c V_d^T + m;
@@ -27,25 +28,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.models.vision_transformer import Block
 
-import lab  # noqa: F401  (timm on a CPU torch needs the torchvision fix first)
-from lab.autoencoders.rae import encoder_width, load_encoder, vit_tokens
-from lab.autoencoders.vit_decoder import patchify, sincos_2d, vit_decoder
-from lab.geometry import to_sphere
 from lab import check_choice
+from lab.autoencoders.noise import gae_dynamic_noise
+from lab.autoencoders.vit_decoder import patchify, vit_decoder
+from lab.dit import sincos_2d
+from lab.encoders import encoder_width, load_encoder, vit_tokens
+from lab.geometry import to_sphere
 
 TEACHERS = (None, "svd", "learned")
 ALIGNS = ("latent", "pre", "post")
-
-
-# ----------------------------------------------------------------------------- noise
-
-def dynamic_noise(mu, noise_std, generator=None):
-    """z = mu + |sigma| * eps, sigma ~ N(0, noise_std^2) per sample (GAE's dynamic noise)."""
-    if noise_std == 0:
-        return mu
-    sigma = noise_std * torch.randn(mu.shape[0], device=mu.device, generator=generator).abs().to(mu.dtype)
-    eps = torch.randn(mu.shape, device=mu.device, dtype=mu.dtype, generator=generator)
-    return mu + sigma.view(-1, *[1] * (mu.dim() - 1)) * eps
 
 
 # ----------------------------------------------------------------------------- teachers
@@ -95,7 +86,7 @@ class LearnedTeacher(nn.Module):
         self.up_conv = nn.ConvTranspose2d(d, vfm_dim, factor, stride=factor)
         self.up_block = Block(vfm_dim, heads, qkv_bias=True)
         self.register_buffer("fitted", torch.tensor(False))
-        self.requires_grad_(False)  # fixed inside the GAE; train_learned_teacher switches it on while fitting
+        self.requires_grad_(False)  # fixed inside the GAE; trainers.train_learned_teacher switches it on while fitting
 
     def forward(self, f, grid):
         """f: [B, N, C] on a grid `grid` * factor -> codes [B, N', d] on `grid`."""
@@ -129,7 +120,7 @@ class GAEEncoder(nn.Module):
         """High-dim encoder features h [B, N, width] (the 'pre' alignment point)."""
         h, w = images01.shape[-2] // self.patch_size, images01.shape[-1] // self.patch_size
         x = self.patch_embed(patchify(2 * images01 - 1, self.patch_size))
-        x = x + sincos_2d(h, w, x.shape[-1], x.device, x.dtype)
+        x = x + sincos_2d(x.shape[-1], (h, w), x.device, x.dtype)
         for block in self.blocks:
             x = block(x)
         return self.norm(x)
@@ -148,7 +139,7 @@ class GAE(nn.Module):
 
     def __init__(self, image_size=64, patch_size=16, latent_dim=32, width=192, depth=4, heads=3,
                  decoder_size="tiny", vfm="dinov2_s_imgfocus", teacher="svd", align="latent",
-                 noise_std=0.8, vfm_factor=1, decoder_kw=None):
+                 noise_std=0.2, vfm_factor=1, decoder_kw=None):
         super().__init__()
         check_choice("teacher", teacher, TEACHERS)
         check_choice("align", align, ALIGNS)
@@ -199,7 +190,8 @@ class GAE(nn.Module):
         return self.encoder(images01)[1]
 
     def add_noise(self, mu, generator=None):
-        return dynamic_noise(mu, self.noise_std, generator)
+        """GAE's dynamic noise with C_sigma = self.noise_std (a standard deviation)."""
+        return gae_dynamic_noise(mu, self.noise_std, generator)
 
     def decode_raw(self, z):
         return self.decoder(z, self.grid)
@@ -225,8 +217,8 @@ class GAE(nn.Module):
         if self.teacher is None:
             raise RuntimeError("this GAE has no compact teacher (teacher=None)")
         if not self.teacher_ready():
-            raise RuntimeError(f"the '{self.teacher_kind}' teacher is not fitted: train_gae fits it, "
-                               "or call fit_svd_teacher / train_learned_teacher")
+            raise RuntimeError(f"the '{self.teacher_kind}' teacher is not fitted: trainers.train_gae fits it, "
+                               "or call trainers.fit_teacher(ae, images)")
         return self.teacher(f) if self.teacher_kind == "svd" else self.teacher(f, self.grid)
 
     @torch.no_grad()

@@ -16,9 +16,7 @@ import copy
 import torch
 import torch.nn as nn
 
-import lab  # noqa: F401  (CPU torchvision fix before timm)
-from lab import check_choice
-from lab.infra import assets
+from lab import check_choice, encoders
 from lab.autoencoders.decoder import conv_decoder
 from lab.autoencoders.losses import ALIGN_KINDS, alignment_loss
 from lab.autoencoders.stem import ConvStem
@@ -31,7 +29,7 @@ class HAE(nn.Module):
     """Hierarchical-stem autoencoder on a frozen ViT teacher.
 
     teacher: a timm ViT module (kept frozen, built with dynamic_img_size=True) or a name for
-        lab.infra.assets.vit ('dinov2_s_imgfocus' default; other timm names need teacher_weights).
+        lab.encoders.vit ('dinov2_s_imgfocus' default; other timm names need teacher_weights).
     stem: 'conv' (hierarchical stem) or 'patch' (the teacher's own patch embedding: the baseline).
     align: 'cosine' (DINO-SAE) or 'mse' (the ablation).
     decoder: an nn.Module mapping [B, N, C] -> [B, 3, 16h, 16w] (linear output trained towards
@@ -53,13 +51,13 @@ class HAE(nn.Module):
         self.image_size, self.stem_kind, self.align = image_size, stem, align
         if isinstance(teacher, str):
             # DINOv2-S/14: build its position grid at the teacher's input size (64 px -> 56 px)
-            size = image_size // DOWN * 14 if teacher == assets.DINO_NAME else None
-            teacher = assets.vit(teacher, weights=teacher_weights, img_size=size)
+            size = image_size // DOWN * 14 if teacher == encoders.DINO_NAME else None
+            teacher = encoders.vit(teacher, weights=teacher_weights, img_size=size)
         if not getattr(teacher, "dynamic_img_size", False):
             raise ValueError("the teacher ViT must be built with dynamic_img_size=True "
-                             "(lab.infra.assets.vit does this; timm.create_model(..., dynamic_img_size=True))")
-        self.teacher = assets.freeze(teacher)
-        self.patch = assets.patch_size(teacher)
+                             "(lab.encoders.vit does this; timm.create_model(..., dynamic_img_size=True))")
+        self.teacher = encoders.freeze(teacher)
+        self.patch = encoders.patch_size(teacher)
         self.width = teacher.embed_dim
         self.stem = ConvStem(self.width, stem_channels, stem_kernel) if stem == "conv" else None
         # the student shares the teacher's frozen blocks unless they are to be trained
@@ -89,7 +87,7 @@ class HAE(nn.Module):
         """Teacher tokens [B, N, C] of the image resized to the student's grid times the patch."""
         h, w = self.token_grid(*images01.shape[-2:])
         size = (h * self.patch[0], w * self.patch[1])
-        return assets.patch_tokens(self.teacher, images01, size=size)
+        return encoders.patch_tokens(self.teacher, images01, size=size)
 
     def encode(self, images01):
         """Student tokens [B, N, C]; differentiable w.r.t. the stem (and blocks if trained)."""
@@ -99,7 +97,7 @@ class HAE(nn.Module):
         if H % DOWN or W % DOWN:
             raise ValueError(f"image size {(H, W)} must be divisible by {DOWN}")
         vit = self.teacher
-        x = self.stem.features(assets.normalize(images01, vit)).permute(0, 2, 3, 1)  # NHWC
+        x = self.stem.features(encoders.normalize(images01, vit)).permute(0, 2, 3, 1)  # NHWC
         x = vit._pos_embed(x)  # prefix tokens + position grid interpolated to (H/16, W/16)
         x = vit.norm_pre(vit.patch_drop(x))
         x = (vit.blocks if self.blocks is None else self.blocks)(x)

@@ -10,83 +10,26 @@ The encoder sees the image resized to `grid * encoder_patch` (64 px -> 56 px for
 Latent scale convention (what sigma means). RAE's DINOv2 encoder ends in a LayerNorm *without*
 affine parameters, so every token has zero mean and unit variance over its C channels (norm
 sqrt(C)). We get the same tokens from any timm ViT by undoing the affine part of its final
-LayerNorm (`encoder_norm='affine_free'`; 'model' keeps timm's output). With
+LayerNorm (lab.encoders.vit_tokens, `encoder_norm='affine_free'`; 'model' keeps timm's output). With
 `latent_norm='channel'` tokens are further standardised per channel with data statistics
 (stored as buffers). Noise is added to the latent the decoder sees, z + sigma * eps, so sigma is
 in units of one channel's standard deviation in both cases. (The RAE repo adds the noise before
 its per-channel normalisation; with LayerNorm'd tokens the two differ only by the per-channel
-scale.) Noise draws, one sigma per sample:
+scale.) Noise draws, one sigma per sample (lab.autoencoders.noise, beside GAE's and DINO-SAE's):
     'abs_normal': sigma ~ |N(0, tau^2)|  (RAE paper)      'uniform': sigma ~ U(0, tau)  (RAE code)
+Training: trainers.train_rae.
 """
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-import lab  # noqa: F401  (timm on a CPU torch needs the torchvision fix first)
 from lab import check_choice
-from lab.infra import assets
+from lab.autoencoders.decoder import conv_decoder
+from lab.autoencoders.fit import iterate_images
+from lab.autoencoders.noise import RAE_KINDS, rae_noise
 from lab.autoencoders.vit_decoder import vit_decoder
+from lab.encoders import ENCODER_NORMS, encoder_width, load_encoder, vit_tokens
 
-NOISE_KINDS = ("abs_normal", "uniform")
 LATENT_NORMS = (False, None, "channel")
-ENCODER_NORMS = ("affine_free", "model")
-
-
-# ----------------------------------------------------------------------------- latent noise
-
-def sample_sigma(n, tau, kind="abs_normal", device=None, generator=None):
-    """Per-sample noise scales [n]: |N(0, tau^2)| or U(0, tau)."""
-    if kind == "abs_normal":
-        return tau * torch.randn(n, device=device, generator=generator).abs()
-    if kind == "uniform":
-        return tau * torch.rand(n, device=device, generator=generator)
-    raise ValueError(f"noise={kind!r}; allowed: {NOISE_KINDS}")
-
-
-def add_latent_noise(z, tau, kind="abs_normal", generator=None):
-    """z + sigma * eps with one sigma per sample (z: [B, N, C]); z itself when tau == 0."""
-    if tau == 0:
-        return z
-    sigma = sample_sigma(z.shape[0], tau, kind, z.device, generator).to(z.dtype)
-    eps = torch.randn(z.shape, device=z.device, dtype=z.dtype, generator=generator)
-    return z + sigma.view(-1, *[1] * (z.dim() - 1)) * eps
-
-
-# ----------------------------------------------------------------------------- frozen ViT tokens
-
-def vit_tokens(vit, images01, grid, norm="affine_free"):
-    """Patch tokens [B, N, C] of a frozen timm ViT for an image resized to `grid` * its patch.
-
-    norm='affine_free' undoes the affine part of the final LayerNorm: (y - beta) / gamma is the
-    plain standardised token (RAE's Dinov2withNorm); 'model' returns timm's output as is.
-    """
-    check_choice("encoder_norm", norm, ENCODER_NORMS)
-    ph, pw = assets.patch_size(vit)
-    y = assets.patch_tokens(vit, images01, size=(grid[0] * ph, grid[1] * pw))
-    if norm == "model":
-        return y
-    final = getattr(vit, "norm", None)
-    if isinstance(final, nn.LayerNorm) and final.elementwise_affine:
-        beta = final.bias if final.bias is not None else 0.0
-        return (y - beta) / final.weight
-    return F.layer_norm(y, y.shape[-1:])  # no affine final LayerNorm to undo: standardise directly
-
-
-def load_encoder(encoder, grid):
-    """A frozen ViT from a name ('dinov2_s_imgfocus' or a timm name with HF-cached weights) or a module."""
-    if isinstance(encoder, nn.Module):
-        return assets.freeze(encoder)
-    if encoder == assets.DINO_NAME:  # build the position grid for the size it will see, as HF does
-        return assets.vit(encoder, img_size=(grid[0] * assets.DINO_PATCH, grid[1] * assets.DINO_PATCH))
-    return assets.vit(encoder, weights="hf")
-
-
-def encoder_width(module):
-    """Token width C of a ViT-like module (timm: embed_dim, else num_features)."""
-    width = getattr(module, "embed_dim", None) or getattr(module, "num_features", None)
-    if not isinstance(width, int):
-        raise ValueError(f"cannot tell the token width of {type(module).__name__}: give it .embed_dim")
-    return width
 
 
 def make_decoder(decoder, in_dim, patch_size, decoder_size="tiny", **kw):
@@ -100,7 +43,6 @@ def make_decoder(decoder, in_dim, patch_size, decoder_size="tiny", **kw):
     if decoder == "vit":
         return vit_decoder(decoder_size, in_dim=in_dim, patch_size=patch_size, **kw)
     if decoder == "conv":
-        from lab.autoencoders.decoder import conv_decoder
         dec = conv_decoder(decoder_size, in_dim=in_dim, **kw)
         if dec.up != patch_size:
             raise ValueError(f"the conv decoder upsamples {dec.up}x but the decoder patch is {patch_size}: "
@@ -128,7 +70,7 @@ class RAE(nn.Module):
                  noise_tau=0.8, noise="abs_normal", latent_norm=False, encoder_norm="affine_free",
                  decoder_size="tiny", **decoder_kw):
         super().__init__()
-        check_choice("noise", noise, NOISE_KINDS)
+        check_choice("noise", noise, RAE_KINDS)
         if latent_norm not in LATENT_NORMS:
             raise ValueError(f"latent_norm={latent_norm!r}; allowed: False, 'channel'")
         check_choice("encoder_norm", encoder_norm, ENCODER_NORMS)
@@ -167,8 +109,8 @@ class RAE(nn.Module):
         return self.normalize(self.teacher_features(images01))
 
     def add_noise(self, z, generator=None):
-        """Training-time augmentation z + sigma * eps (see the module docstring for sigma's units)."""
-        return add_latent_noise(z, self.noise_tau, self.noise, generator)
+        """Training-time augmentation z + sigma * eps (noise.rae_noise; the module docstring says sigma's units)."""
+        return rae_noise(z, self.noise_tau, self.noise, generator)
 
     def decode_raw(self, z):
         return self.decoder(z, self.grid)
@@ -180,7 +122,6 @@ class RAE(nn.Module):
     def fit_latent_stats(self, images=None, tokens=None, batch_size=64, limit=None, eps=1e-6):
         """Per-channel mean/std of encoder tokens over `images` ([M, 3, H, W] tensor or a dataset),
         or over precomputed `tokens` [M, N, C]."""
-        from lab.autoencoders.train_simple import iterate_images
         if tokens is not None:
             batches = [tokens]
         else:

@@ -9,25 +9,21 @@
   encoder's mean is projected radially onto the sphere of radius sqrt(d),
       z = sqrt(d) * mean / |mean|,
   and only the decoder (plus an optional discriminator) is fine-tuned to decode those points,
-  with L1 + LPIPS (+ GAN) and no KL (see train_simple.finetune_spherical).
+  with L1 + LPIPS (+ GAN) and no KL (see trainers.finetune_spherical).
 """
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lab.autoencoders.decoder import ResBlock, conv_decoder, tokens_to_grid
+from lab.autoencoders.decoder import ResBlock, conv_decoder
 from lab.autoencoders.stem import TRMS2d
+from lab.encoders import grid_to_tokens, tokens_to_grid
 from lab.geometry import to_sphere
 
 
 def kl_gaussian(mean, logvar):
     """Elementwise KL(N(mean, exp(logvar)) || N(0, 1)) = 0.5 (mean^2 + exp(logvar) - 1 - logvar)."""
     return 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar)
-
-
-def grid_to_tokens(x):
-    """[B, C, h, w] -> ([B, h*w, C], (h, w))."""
-    return x.flatten(2).transpose(1, 2), tuple(x.shape[-2:])
 
 
 # ----------------------------------------------------------------------------- the lab's KL-VAE

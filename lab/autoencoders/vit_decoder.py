@@ -8,35 +8,12 @@ slows training near the ends of the range); autoencoders clamp in `decode`, loss
 prediction. The position table is computed for whatever grid arrives, so one decoder serves
 any resolution; the grid is passed explicitly or taken as square.
 """
-import math
-
 import torch
 import torch.nn as nn
 from timm.models.vision_transformer import Block
 
-import lab  # noqa: F401  (timm on a CPU torch needs the torchvision fix first)
-
-
-def sincos_2d(h, w, dim, device=None, dtype=torch.float32):
-    """Fixed 2-D sin-cos position table [h*w, dim] (MAE): half the channels encode the row, half the column."""
-    if dim % 4:
-        raise ValueError(f"sin-cos positions need a width divisible by 4, got {dim}")
-    omega = 1.0 / 10000 ** (torch.arange(dim // 4, device=device, dtype=torch.float64) / (dim // 4))
-    rows, cols = torch.meshgrid(torch.arange(h, device=device, dtype=torch.float64),
-                                torch.arange(w, device=device, dtype=torch.float64), indexing="ij")
-    out = []
-    for pos in (rows.reshape(-1), cols.reshape(-1)):
-        angles = pos[:, None] * omega[None]
-        out += [angles.sin(), angles.cos()]
-    return torch.cat(out, 1).to(dtype)
-
-
-def square_grid(n):
-    """(h, w) of a square grid with n tokens; a clear error otherwise."""
-    s = math.isqrt(n)
-    if s * s != n:
-        raise ValueError(f"{n} tokens do not form a square grid: pass grid=(h, w)")
-    return s, s
+from lab.dit import sincos_2d
+from lab.encoders import square_grid
 
 
 def patchify(images, p):
@@ -73,8 +50,8 @@ class ViTDecoder(nn.Module):
         return self.head.weight
 
     def forward(self, z, grid=None):
-        grid = tuple(grid) if grid is not None else square_grid(z.shape[1])
-        x = self.embed(z) + sincos_2d(*grid, self.width, z.device, z.dtype)
+        grid = square_grid(z.shape[1], grid)
+        x = self.embed(z) + sincos_2d(self.width, grid, z.device, z.dtype)
         for block in self.blocks:
             x = block(x)
         return unpatchify(self.head(self.norm(x)), grid, self.patch_size, self.out_chans)

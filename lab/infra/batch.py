@@ -10,12 +10,12 @@ skipped (--no-resume runs them again), so an interrupted sweep continues where i
 --slurm writes a job-array script instead of running: task i runs grid point i
 (`--index $SLURM_ARRAY_TASK_ID`), resumable in the same way.
 
-Values are parsed against the notebook's defaults: a str parameter keeps the text, a float
-parameter takes `1` as 1.0, `true/false` are bools, `none` is None, otherwise int, then float,
-then text. Values cannot contain commas.
+Values are parsed against the notebook's defaults by `lab.infra.params.parse_value` (a str
+parameter keeps the text, a float parameter takes `1` as 1.0, `true/false` are bools, `none` is
+None, otherwise int, then float, then text) and checked against the parameters cell's types and
+rules before any point runs. Values cannot contain commas.
 """
 import argparse
-import ast
 import itertools
 import json
 import os
@@ -28,36 +28,8 @@ import time
 from pathlib import Path
 
 from lab import runs
-
-_NO_DEFAULT = object()
-
-
-def parse_value(raw, default=_NO_DEFAULT):
-    """Text from the command line -> int / float / bool / None / str (see module docstring)."""
-    text = raw.strip()
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
-        return text[1:-1]
-    if isinstance(default, str):
-        return text
-    low = text.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    if low in ("none", "null"):
-        return None
-    if isinstance(default, (list, tuple, dict)) or text[:1] in "[({":
-        try:
-            return ast.literal_eval(text)  # lists of sweep values, e.g. "[8, 32]"
-        except (ValueError, SyntaxError):
-            return text
-    try:
-        value = int(text)
-    except ValueError:
-        try:
-            value = float(text)
-        except ValueError:
-            return text
-    return float(value) if isinstance(default, float) else value
-
+from lab.infra.jsonio import write_atomic
+from lab.infra.params import NO_DEFAULT, parse_value, read_parameters, validate
 
 def parse_grid(items, declared=None):
     """["key=v1,v2", ...] -> {key: [values]} (insertion order kept), typed by `declared`."""
@@ -69,7 +41,7 @@ def parse_grid(items, declared=None):
             raise ValueError(f"grid item {item!r}: write key=value1,value2,...")
         if key in grid:
             raise ValueError(f"grid key {key!r} given twice")
-        default = declared[key].default if declared and key in declared else _NO_DEFAULT
+        default = declared[key].default if declared and key in declared else NO_DEFAULT
         grid[key] = [parse_value(v, default) for v in values.split(",")]
     return grid
 
@@ -129,10 +101,10 @@ def sweep(notebook, grid, *, gpus=None, runs_dir=None, resume=True, executor=Non
     """
     from tqdm.auto import tqdm
     notebook = Path(notebook)
-    declared = runs.read_parameters(notebook)
+    declared = read_parameters(notebook)
     points = grid_points(grid)
     for p in points:
-        runs.validate(notebook.stem, declared, p)  # every point is checked before any runs
+        validate(notebook.stem, declared, p)  # every point is checked before any runs
     todo = list(enumerate(points))
     if index is not None:
         if not 0 <= index < len(points):
@@ -142,7 +114,7 @@ def sweep(notebook, grid, *, gpus=None, runs_dir=None, resume=True, executor=Non
     results = {}
     pending = queue.Queue()
     for i, p in todo:
-        prev = runs.find_done(notebook.stem, runs.validate(notebook.stem, declared, p),
+        prev = runs.find_done(notebook.stem, validate(notebook.stem, declared, p),
                               runs_dir) if resume else None
         if prev is not None:
             results[i] = {"status": "done", "dir": str(prev.dir), "reused": True, "seconds": 0.0,
@@ -226,15 +198,15 @@ def main(argv=None):
     ap.add_argument("--max-parallel", type=int, default=None, help="array %%limit for --slurm")
     args = ap.parse_args(argv)
 
-    declared = runs.read_parameters(args.notebook)
+    declared = read_parameters(args.notebook)
     grid = parse_grid(args.grid, declared)
     points = grid_points(grid)
     for p in points:
-        runs.validate(Path(args.notebook).stem, declared, p)
+        validate(Path(args.notebook).stem, declared, p)
     if args.slurm:
         text = slurm_script(args.notebook, args.grid, len(points), runs_dir=args.runs_dir,
                             sbatch=args.sbatch, max_parallel=args.max_parallel, points=points)
-        runs.write_atomic(args.slurm, text)
+        write_atomic(args.slurm, text)
         os.chmod(args.slurm, 0o755)
         print(f"wrote {args.slurm}: {len(points)} array tasks; submit with: sbatch {args.slurm}")
         return 0

@@ -7,9 +7,10 @@
     python -m lab.infra.nbtools notebooks/05_flow_matching.ipynb -p steps 50 [--reuse] [--runs-dir D]
 
 `execute` checks the parameters against the notebook's parameters cell before a kernel starts
-(ValueError naming the bad one), creates the run folder, and hands the folder and the notebook
-path to the kernel as the injected parameters `_lab_run_dir` and `_lab_notebook`, where
-`runs.start` takes the folder over. The executed notebook is saved inside the run folder. When the
+(ValueError naming the bad one), creates the run folder, and starts the kernel with $LAB_RUN_DIR
+and $LAB_NOTEBOOK in its environment (set for that kernel only, see `runs.handoff`), where
+`runs.start` takes the folder over; the notebook receives only its own parameters, so papermill
+has nothing to warn about. The executed notebook is saved inside the run folder. When the
 execution raises, the kernel dies or times out, or the notebook ends without `run.done()`, the run
 is marked `failed` with the error. With reuse=True an identical finished run is returned and
 nothing executes. The kernel runs with the notebook's folder as working directory and the
@@ -17,7 +18,6 @@ repository on PYTHONPATH, so `import lab` works whether or not the package is in
 """
 import argparse
 import json
-import logging
 import os
 import shutil
 import sys
@@ -25,16 +25,8 @@ import time
 from pathlib import Path
 
 from lab import runs
-
-
-class _HideOwnParameters(logging.Filter):
-    """papermill warns about injected names missing from the parameters cell: ours are meant to."""
-
-    def filter(self, record):
-        return not record.getMessage().startswith("Passed unknown parameter: _lab_")
-
-
-logging.getLogger("papermill").addFilter(_HideOwnParameters())
+from lab.infra.jsonio import jsonable
+from lab.infra.params import parse_value, read_parameters, resolve
 
 
 def _same_python(argv0):
@@ -73,6 +65,19 @@ def kernel_name(kernel="python3"):
     return name
 
 
+def _kernel_manager(env):
+    """A kernel manager class whose kernels start with `env` added to this process's environment
+    (for that kernel only: this process's environment is left alone)."""
+    from jupyter_client import AsyncKernelManager
+
+    class LabKernelManager(AsyncKernelManager):
+        async def start_kernel(self, **kw):
+            kw["env"] = {**kw.get("env", os.environ), **env}
+            return await super().start_kernel(**kw)
+
+    return LabKernelManager
+
+
 def _ensure_importable():
     """Put the repository on PYTHONPATH for kernels and subprocesses started from here."""
     root = str(runs.repo_root())
@@ -104,7 +109,7 @@ def execute(notebook_path, params=None, runs_dir=None, out_path=None, kernel="py
     params = dict(params or {})
     experiment = notebook.stem
     if check:
-        full = runs.resolve(notebook, params)  # ValueError here, before any kernel starts
+        full = resolve(notebook, params)  # ValueError here, before any kernel starts
         params = {k: full[k] for k in params}  # normalised (ints widened to float, ...)
     else:
         full = params
@@ -115,21 +120,22 @@ def execute(notebook_path, params=None, runs_dir=None, out_path=None, kernel="py
 
     run = runs.create(experiment, full, runs_dir=runs_dir, notebook=notebook)
     executed = run.dir / notebook.name
-    # tuples would reach the kernel as text: send lists (a tuple parameter accepts a list)
-    inject = {**runs.jsonable(params), "_lab_run_dir": str(run.dir),
-              "_lab_notebook": str(notebook)}
+    manager = _kernel_manager(runs.handoff(run, notebook))
     _ensure_importable()
     # progress bars in a batch kernel: one line every 10 s, not one notebook output per update
     os.environ.setdefault("TQDM_MININTERVAL", "10")
+    os.environ.setdefault("LAB_PROGRESS", "text")  # text bars, not widgets nobody renders (lab.infra.progress)
     t0 = time.perf_counter()
     error = None
     name = kernel_name(kernel)
     # ipykernel's warning about unencrypted local TCP would be printed once per run
     quiet = ["--IPKernelApp.log_level=ERROR"] if kernel == "python3" else []
     try:
-        pm.execute_notebook(str(notebook), str(executed), parameters=inject, kernel_name=name,
-                            progress_bar=False, log_output=log_output, cwd=str(notebook.parent),
-                            execution_timeout=timeout, extra_arguments=quiet)
+        # tuples would reach the kernel as text: send lists (a tuple parameter accepts a list)
+        pm.execute_notebook(str(notebook), str(executed), parameters=jsonable(params),
+                            kernel_name=name, progress_bar=False, log_output=log_output,
+                            cwd=str(notebook.parent), execution_timeout=timeout,
+                            extra_arguments=quiet, kernel_manager_class=manager)
     except PapermillExecutionError as e:
         error = f"{e.ename}: {e.evalue} (cell {e.exec_count})"
     except KeyboardInterrupt:
@@ -139,6 +145,7 @@ def execute(notebook_path, params=None, runs_dir=None, out_path=None, kernel="py
         error = f"{type(e).__name__}: {e}"
     seconds = time.perf_counter() - t0
 
+    (run.dir / runs.HANDOFF).unlink(missing_ok=True)  # a kernel that never took it over
     run.reload()
     if error and run.status != "failed":
         run.fail(error)
@@ -155,7 +162,6 @@ def execute(notebook_path, params=None, runs_dir=None, out_path=None, kernel="py
 # ----------------------------------------------------------------------------------------------
 
 def main(argv=None):
-    from lab.infra.batch import parse_value
     ap = argparse.ArgumentParser(prog="python -m lab.infra.nbtools", description=__doc__.split("\n")[0])
     ap.add_argument("notebook")
     ap.add_argument("-p", "--param", nargs=2, action="append", default=[],
@@ -166,7 +172,7 @@ def main(argv=None):
     ap.add_argument("--reuse", action="store_true", help="return an identical finished run")
     ap.add_argument("--timeout", type=float, default=None, help="seconds per cell")
     args = ap.parse_args(argv)
-    declared = runs.read_parameters(args.notebook)
+    declared = read_parameters(args.notebook)
     params = json.loads(args.params_json) if args.params_json else {}
     for name, raw in args.param:
         default = declared[name].default if name in declared else None

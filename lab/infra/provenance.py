@@ -1,0 +1,150 @@
+"""Provenance of a run: which code (git commit and the exact uncommitted edit), on which device,
+in which process.
+
+`code_state()` records the commit and, when the tree differs from it, a sha256 over
+`git diff HEAD` (staged and unstaged edits of tracked files) plus the path and bytes of every
+untracked file under lab/ and notebooks/ (where new code lives; untracked files elsewhere do not
+change what a notebook computes). Equal hashes on one commit mean the same code; a run whose
+record has no commit, an unknown state or a diff hash cannot be tied to a commit on main, so
+`code_is_clean` says no and why (the report gives no verdict from such a run).
+
+Process identity comes from /proc: (pid, start time in clock ticks), so a reused pid is not
+taken for the process that started a run.
+"""
+import hashlib
+import os
+import platform
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+CODE_FOLDERS = ("lab", "notebooks")  # untracked files here are part of the code a run ran
+
+
+def repo_root():
+    """The folder that holds the `lab` package (the repository when installed editable)."""
+    return Path(__file__).resolve().parents[2]
+
+
+# ----------------------------------------------------------------------------------------------
+# Code: git commit and a hash of the uncommitted edit
+# ----------------------------------------------------------------------------------------------
+
+def _git(root, *args):
+    out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, timeout=30)
+    if out.returncode != 0:
+        raise OSError(out.stderr.decode(errors="replace").strip())
+    return out.stdout
+
+
+def diff_hash(root):
+    """sha256 of `git diff HEAD` plus untracked files under CODE_FOLDERS; None when clean."""
+    diff = _git(root, "diff", "HEAD", "--binary", "--no-ext-diff", "--no-textconv", "--no-color")
+    untracked = [p for p in _git(root, "ls-files", "--others", "--exclude-standard", "-z", "--",
+                                 *CODE_FOLDERS).split(b"\0") if p]
+    if not diff and not untracked:
+        return None
+    h = hashlib.sha256(diff)
+    for rel in sorted(untracked):
+        h.update(b"\0untracked\0" + rel + b"\0")
+        try:
+            h.update((Path(root) / os.fsdecode(rel)).read_bytes())
+        except OSError:  # removed or unreadable meanwhile: its name still counts
+            pass
+    return h.hexdigest()
+
+
+def code_state(root=None):
+    """{"commit", "dirty", "diff_sha256"} of the repository holding `lab`.
+
+    commit None: not a git checkout (or no commit yet); dirty None: state unknown.
+    """
+    root = root or repo_root()
+    try:
+        commit = _git(root, "rev-parse", "HEAD").decode().strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None, "diff_sha256": None}
+    try:
+        h = diff_hash(root)
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": commit, "dirty": None, "diff_sha256": None}
+    return {"commit": commit, "dirty": h is not None, "diff_sha256": h}
+
+
+def code_is_clean(status):
+    """(True, "commit <10 hex>") when a run's status.json ties it to a commit with no
+    uncommitted edit, else (False, why). The report uses it to withhold verdicts."""
+    status = status if isinstance(status, dict) else {}
+    commit, dirty = status.get("commit"), status.get("dirty")
+    if not commit:
+        return False, "no git commit recorded (not run from a git checkout)"
+    if dirty is None:
+        return False, f"commit {commit[:10]}, but whether the tree was clean is unknown"
+    if dirty:
+        h = status.get("diff_sha256")
+        edit = f"uncommitted edit sha256 {h[:12]}" if h else "an uncommitted edit"
+        return False, f"dirty tree: commit {commit[:10]} plus {edit}"
+    return True, f"commit {commit[:10]}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Device and process
+# ----------------------------------------------------------------------------------------------
+
+def cpu_model():
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_description():
+    """'cuda: <name> x<count>' where torch sees a GPU, else 'cpu: <model> (<n> cores)'."""
+    try:
+        import torch
+        if torch.cuda.is_available():
+            n = torch.cuda.device_count()
+            return f"cuda: {torch.cuda.get_device_name(0)} x{n}"
+    except Exception:  # a broken torch must not stop the run record
+        pass
+    return f"cpu: {cpu_model()} ({os.cpu_count()} cores)"
+
+
+def proc_info(pid):
+    """(state letter, start time in clock ticks) from /proc, or None where unavailable."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()  # the command name may hold spaces
+    return fields[0], int(fields[19])
+
+
+def pid_alive(pid, proc_start=None):
+    """Whether process `pid` still runs (and is the same process, where its start is known)."""
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except (TypeError, ValueError, OverflowError):
+        return False
+    info = proc_info(pid)
+    if info is None:
+        return True
+    state, start = info
+    return state not in ("Z", "X") and (proc_start is None or start == proc_start)
+
+
+def process_fields():
+    """What status.json records about the process writing a run, and where it runs."""
+    info = proc_info(os.getpid())
+    return {"host": socket.gethostname(), "pid": os.getpid(),
+            "proc_start": info[1] if info else None, "python": sys.executable,
+            "device": device_description(),
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}

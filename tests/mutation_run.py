@@ -1,0 +1,110 @@
+"""Mutation testing (mutmut) over the modules where a silent bug changes a finding; `make mutation`.
+
+Each module runs in its own scratch copy (build/mutation/<module>/: lab/, the module's fast tests,
+pyproject.toml and a generated setup.cfg), one module after the other, against only the fast
+test files that cover it (MODULES). Prints killed / total per module and overall, and the
+surviving mutants' names (`cd build/mutation/<module> && mutmut show <name>` shows the diff).
+
+    python tests/mutation_run.py                   # every module
+    python tests/mutation_run.py geometry flows    # some of them
+    MUTATION_CHILDREN=2 python tests/mutation_run.py
+
+Not part of the test suite (pytest collects test_*.py only) and not run in CI.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# module -> (source file, fast tests that cover it, mutant-name patterns: None = every function)
+MODULES = {
+    "geometry": ("lab/geometry.py", ["tests/test_geometry.py"], None),
+    "flows": ("lab/flows.py", ["tests/test_flows_samplers.py"], None),
+    "samplers": ("lab/samplers.py", ["tests/test_flows_samplers.py", "tests/test_evaluate.py"], None),
+    # the generator's step only: the loop, checkpoints and CLI are covered by test_train's slow tests
+    "train": ("lab/train.py", ["tests/test_flows_samplers.py", "tests/test_train.py"],
+              ["lab.train.x_step_seed*", "lab.train.x_global_batch*", "lab.train.x_fm_step_loss*",
+               "lab.train.x_default_precision*", "lab.train.x_model_autocast*"]),
+    "evaluate": ("lab/evaluate.py", ["tests/test_evaluate.py"], None),
+    "metrics": ("lab/metrics.py", ["tests/test_metrics.py"], None),
+    "probes": ("lab/probes.py", ["tests/test_probes.py", "tests/test_probe_values.py", "tests/test_dit.py"], None),
+    "claims": ("lab/claims.py", ["tests/test_claims.py"], None),
+}
+PYTEST_DESELECT = {  # slow tests that the fast selection leaves out (they need subprocesses)
+    "train": ["-k", "not sigkill and not torchrun"],
+}
+
+
+def setup_cfg(source, tests, extra):
+    lines = ["[mutmut]", "source_paths = lab", f"only_mutate = {source}",
+             "pytest_add_cli_args_test_selection ="] + [f"    {t}" for t in tests]
+    lines += ["pytest_add_cli_args ="] + [f"    {a}" for a in ["-x", "-q", "-p", "no:cacheprovider", "-W", "ignore"] + extra]
+    lines += ["process_isolation = fork", "use_git_change_detection = false", "track_dependencies = false", ""]
+    return "\n".join(lines)
+
+
+def prepare(name):
+    source, tests, _ = MODULES[name]
+    work = ROOT / "build" / "mutation" / name
+    shutil.rmtree(work, ignore_errors=True)
+    (work / "tests").mkdir(parents=True)
+    shutil.copytree(ROOT / "lab", work / "lab", ignore=shutil.ignore_patterns("__pycache__"))
+    for t in ["tests/conftest.py"] + tests:
+        shutil.copy(ROOT / t, work / t)
+    shutil.copy(ROOT / "pyproject.toml", work / "pyproject.toml")
+    (work / "setup.cfg").write_text(setup_cfg(source, tests, PYTEST_DESELECT.get(name, [])))
+    return work
+
+
+def run_module(name, children):
+    source, tests, patterns = MODULES[name]
+    if not (ROOT / source).exists() or not all((ROOT / t).exists() for t in tests):
+        print(f"{name}: skipped ({source} or its tests are missing)")
+        return None
+    work = prepare(name)
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    mutmut = [sys.executable, "-m", "mutmut"]
+    t0 = time.time()
+    subprocess.run(mutmut + ["run", "--max-children", str(children)] + (patterns or []), cwd=work, env=env,
+                   stdout=subprocess.DEVNULL, check=False)
+    out = subprocess.run(mutmut + ["results", "--all", "true"], cwd=work, env=env, capture_output=True, text=True)
+    status = {}
+    for line in out.stdout.splitlines():
+        if ": " in line:
+            key, value = line.strip().rsplit(": ", 1)
+            status[key] = value
+    if patterns:
+        import fnmatch
+        status = {k: v for k, v in status.items() if any(fnmatch.fnmatch(k, p) for p in patterns)}
+    counted = {k: v for k, v in status.items() if v not in ("not checked", "skipped")}
+    killed = sum(v in ("killed", "timeout", "segfault") for v in counted.values())
+    survivors = sorted(k for k, v in counted.items() if v not in ("killed", "timeout", "segfault"))
+    minutes = (time.time() - t0) / 60
+    score = killed / len(counted) if counted else float("nan")
+    print(f"{name}: {killed}/{len(counted)} killed ({100 * score:.1f}%) in {minutes:.1f} min")
+    for k in survivors:
+        print(f"    {status[k]:<10} {k}")
+    (work / "result.json").write_text(json.dumps(dict(killed=killed, total=len(counted), minutes=minutes,
+                                                      survivors={k: status[k] for k in survivors}), indent=1))
+    return killed, len(counted)
+
+
+def main(argv):
+    names = argv or list(MODULES)
+    children = int(os.environ.get("MUTATION_CHILDREN", "2"))
+    total_killed = total = 0
+    for name in names:
+        res = run_module(name, children)
+        if res:
+            total_killed, total = total_killed + res[0], total + res[1]
+    if total:
+        print(f"mutation score: {total_killed}/{total} killed ({100 * total_killed / total:.1f}%)")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,111 @@
+"""The layout rules of issue 7, checked on the tree: no import cycle in lab/, no module over 450
+lines, notebooks without function definitions or imports inside loops."""
+import ast
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LAB = ROOT / "lab"
+MAX_LINES = 450
+
+
+def module_name(path):
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def lab_imports(path, modules):
+    """The lab modules a file imports at module level or inside functions (any import counts)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        else:
+            continue
+        found |= {n for n in names if n in modules}
+    return found
+
+
+def import_graph():
+    files = {module_name(p): p for p in LAB.rglob("*.py")}
+    modules = set(files)
+    graph = {m: lab_imports(p, modules) - {m} for m, p in files.items()}
+    # importing a.b runs a/__init__ first, which is no cycle of ours; drop package edges
+    return {m: {d for d in deps if not m.startswith(d + ".")} - {"lab"} for m, deps in graph.items()}
+
+
+def find_cycle(graph):
+    state, stack = {}, []
+
+    def visit(m):
+        state[m] = "open"
+        stack.append(m)
+        for d in sorted(graph.get(m, ())):
+            if state.get(d) == "open":
+                return stack[stack.index(d):] + [d]
+            if d not in state and (cycle := visit(d)):
+                return cycle
+        state[m] = "done"
+        stack.pop()
+        return None
+
+    for m in sorted(graph):
+        if m not in state and (cycle := visit(m)):
+            return cycle
+    return None
+
+
+def test_cycle_finder_finds_a_planted_cycle():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_no_import_cycle_in_lab():
+    cycle = find_cycle(import_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_no_lab_module_over_450_lines():
+    long = {str(p.relative_to(ROOT)): n for p in LAB.rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert not long, f"modules over {MAX_LINES} lines: {long}"
+
+
+def notebook_code(path):
+    cells = json.loads(path.read_text())["cells"]
+    return ["".join(c["source"]) for c in cells if c["cell_type"] == "code"]
+
+
+def test_notebooks_define_no_functions_and_import_nothing_in_loops():
+    problems = []
+    for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        for src in notebook_code(nb):
+            tree = ast.parse("\n".join(l for l in src.splitlines() if not l.lstrip().startswith(("%", "!"))))
+            for node in ast.walk(tree):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                    problems.append(f"{nb.name}: defines {node.name}")
+                if isinstance(node, (ast.For, ast.While)):
+                    if any(isinstance(n, (ast.Import, ast.ImportFrom)) for n in ast.walk(node)):
+                        problems.append(f"{nb.name}: imports inside a loop")
+    assert not problems, problems
+
+
+def public_definitions():
+    for path in LAB.rglob("*.py"):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and not node.name.startswith("_"):
+                yield path, node.name
+
+
+def test_every_public_function_is_used_or_documented():
+    """Called by a notebook, a CLI, another module, its own module, or named in README."""
+    import re
+    texts = [p.read_text() for p in LAB.rglob("*.py")]
+    texts += ["\n".join(notebook_code(nb)) for nb in (ROOT / "notebooks").glob("*.ipynb")]
+    texts.append((ROOT / "README.md").read_text())
+    corpus = "\n".join(texts)
+    dead = [f"{p.relative_to(ROOT)}:{name}" for p, name in public_definitions()
+            if len(re.findall(rf"\b{name}\b", corpus)) < 2]
+    assert not dead, f"public names nothing uses: {dead}"
