@@ -118,12 +118,10 @@ def plot_u_curve(df):
     ax.plot(x[best], df["fd_generated"][best], "*", ms=14, color="C3",
             label=f"best: {df['fd_generated'][best]:.1f} at {x[best]:.3g}")
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("FD-effnet of samples (lower is better)")
-    ax.set_title("generation", fontsize=9)
+    ax.set_ylabel("FD-effnet of generated samples\n(lower is better)")
     axes[1].plot(x, df["psnr_reconstruction"], "s-", color="C1")
     axes[1].set_xlabel(xlabel)
-    axes[1].set_ylabel("reconstruction PSNR (dB)")
-    axes[1].set_title("real latents, rescaled", fontsize=9)
+    axes[1].set_ylabel("PSNR of rescaled real latents (dB)")
     data_norm = (df["decode_radius"] / df["scale"]).iloc[0] if absolute else 1.0
     for a in axes:
         a.axvline(data_norm, color="0.5", ls=":", label="data norm")
@@ -189,8 +187,10 @@ def plot_width(df, token_dim=None):
     for w_, l_ in zip(df["width"], df["loss"]):
         ax.annotate(f"{l_:.3f}", (w_, l_), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7)
     ax.axvline(n, color="0.5", ls=":", label=f"token dimension n = {n}")
-    ax.axvspan(ax.get_xlim()[0], n, color="0.9", zorder=0)
     ax.set_xscale("log", base=2)
+    ax.axvspan(min(df["width"].min(), n) / 1.3, n, color="0.92", zorder=0, label="d < n: cannot fit")
+    ax.set_xticks(list(df["width"]), [str(int(v)) for v in df["width"]])
+    ax.minorticks_off()
     ax.set_xlabel("DiT width d (channels)")
     ax.set_ylabel("FM loss / Var(u) on the one latent")
     ax.legend(fontsize=8)

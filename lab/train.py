@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from lab import check_choice, flows
 from lab import geometry as geo
 from lab.dit import dit
-from lab.trainutil import (NaNGuard, barrier, ddp_cleanup, ddp_setup, is_main,
+from lab.trainutil import (NaNGuard, barrier, ddp_cleanup, ddp_setup, exit_process, is_main,
                            latest_checkpoint, load_checkpoint, requires_grad, save_checkpoint,
                            step_seed, update_ema)
 
@@ -258,4 +258,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    exit_process(main)  # ends with os._exit: a rank never waits on gloo's destructors at teardown

@@ -14,14 +14,19 @@ previous one is used, so a file cut or overwritten after the save cannot load si
 `state.pt` holds only tensors and plain Python values, so it loads with `torch.load(weights_only=True)`.
 """
 import contextlib
+import datetime
 import errno
+import faulthandler
+import gc
 import json
 import os
 import pickle
 import random
 import re
 import shutil
+import sys
 import time
+import traceback
 from collections import OrderedDict
 
 import numpy as np
@@ -42,7 +47,12 @@ CHECKSUMS = "checksums.json"  # {file: {size, sha256}} written with every checkp
 # ---------------------------------------------------------------------------------------------
 
 def pick_device(device=None):
-    """The device to train on: `device` if given, else CUDA when available, else CPU."""
+    """The lab's one device rule: `device` if given, else $LAB_DEVICE if set, else CUDA when available, else CPU.
+
+    Every place that picks a device (trainers, zoo, caches, evaluate, metrics, probes) calls this, so
+    LAB_DEVICE=cpu keeps a whole notebook off a GPU, and a GPU node needs no setting at all.
+    """
+    device = device if device is not None else (os.environ.get("LAB_DEVICE") or None)
     if device is not None:
         return torch.device(device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -369,12 +379,59 @@ def ddp_setup(device=None):
     return rank, world, torch.device("cpu")
 
 
-def ddp_cleanup():
-    """Destroy the process group if ddp_setup created it."""
+TEARDOWN_TIMEOUT_S = 120  # the longest a rank may spend tearing down before it is ended
+
+
+def ddp_cleanup(timeout_s=TEARDOWN_TIMEOUT_S):
+    """Destroy the process group if ddp_setup created it, in an order that cannot deadlock.
+
+    A barrier with a timeout (no rank still talks), gc (dropped wrappers let go of the group),
+    then destroy_process_group under a faulthandler watchdog: past timeout_s every thread's stack
+    is printed and the process exits (code 1) instead of hanging. DDP keeps a C++ reference to
+    the group, so gloo's threads may outlive this call: torchrun entry points end with exit_process.
+    """
     global _WE_INITIALIZED
     if _WE_INITIALIZED and dist.is_initialized():
-        dist.destroy_process_group()
+        faulthandler.dump_traceback_later(timeout_s, exit=True)
+        try:
+            try:
+                if dist.get_backend() == "gloo":
+                    dist.monitored_barrier(timeout=datetime.timedelta(seconds=timeout_s / 2))
+                else:
+                    dist.barrier()
+            except RuntimeError as err:  # another rank failed or left: tear down anyway
+                print(f"ddp_cleanup: barrier failed ({err}); destroying the process group anyway",
+                      file=sys.stderr)
+            gc.collect()
+            dist.destroy_process_group()
+        finally:
+            faulthandler.cancel_dump_traceback_later()
     _WE_INITIALIZED = False
+
+
+def exit_process(main, *args, **kwargs):
+    """Run main(*args, **kwargs), flush the output, and end the process with os._exit (code 0,
+    SystemExit's code, or 1 after printing the traceback).
+
+    For torchrun entry points: gloo's threads can outlive the process group, and their destructor,
+    run during interpreter teardown, may wait forever for the GIL (a rank once hung 300 s that
+    way after training was done). os._exit skips that teardown.
+    """
+    code = 0
+    try:
+        main(*args, **kwargs)
+    except SystemExit as err:
+        code = err.code if isinstance(err.code, int) else (0 if err.code is None else 1)
+        if not isinstance(err.code, (int, type(None))):
+            print(err.code, file=sys.stderr)
+    except BaseException:  # noqa: BLE001 (reported, then the process ends)
+        traceback.print_exc()
+        code = 1
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+    os._exit(code)
 
 
 def is_main():

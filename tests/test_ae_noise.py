@@ -76,7 +76,7 @@ def test_rae_noise_is_one_sigma_per_sample():
 
 
 def test_gae_dynamic_noise_c_sigma_is_a_standard_deviation():
-    """sigma ~ N(0, C_sigma) with C_sigma a standard deviation: E[(z - mu)^2] = C_sigma^2, E|sigma| = C_sigma sqrt(2/pi)."""
+    """sigma ~ N(0, C_sigma), C_sigma a standard deviation: E[(z - mu)^2] = C_sigma^2, E|sigma| = C_sigma sqrt(2/pi)."""
     mu, c_sigma = torch.zeros(20000, 4, 16), 0.2
     z = gae_dynamic_noise(mu, c_sigma, torch.Generator().manual_seed(2))
     assert z.pow(2).mean().item() == pytest.approx(c_sigma ** 2, rel=0.03)

@@ -287,3 +287,16 @@ def test_latent_shard_records_are_size_and_sha256(tmp_path):
     rec = json.loads((folder / "shard_00000.safetensors.record.json").read_text())
     shard = folder / "shard_00000.safetensors"
     assert rec["size"] == shard.stat().st_size and len(rec["sha256"]) == 64
+
+
+def test_a_cut_zoo_done_json_is_set_aside_and_the_recipe_finished_again(tmp_path):
+    _, (first,) = _run_children(tmp_path, n=1, delay=0.0)
+    (folder,) = [p for p in (tmp_path / "runs" / "_zoo").iterdir() if p.name.startswith("gen-")]
+    done = folder / "done.json"
+    done.write_text(done.read_text()[:20])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CorruptFileWarning)
+        trained, (again,) = _run_children(tmp_path, n=1, delay=0.0)
+    assert all(torch.equal(first[k], again[k]) for k in first)  # resumed at the final checkpoint
+    assert json.loads(done.read_text())["recipe"]["kind"] == "generator"
+    assert any(p.name.startswith("done.json.bad-") for p in folder.iterdir())

@@ -88,3 +88,18 @@ def test_width_figure_labels_every_loss():
     assert "channels" in ax.get_xlabel()
     assert [t.get_text() for t in ax.texts] == ["0.600", "0.100", "0.050"]
     plt.close(fig)
+
+
+def test_report_copies_and_links_the_vector_twin(tmp_path):
+    from lab.infra import report
+    r = runs.create("99_figtest", {"a": 1}, runs_dir=str(tmp_path / "runs"))
+    fig, ax = plt.subplots()
+    ax.plot([0, 1])
+    r.save_figure(fig, "curve")
+    plt.close(fig)
+    r.done()
+    out = tmp_path / "reports"
+    report.build(runs_dir=str(tmp_path / "runs"), out=str(out))
+    copied = out / "99_figtest" / "figures" / r.id
+    assert (copied / "curve.png").is_file() and (copied / "curve.pdf").read_bytes()[:5] == b"%PDF-"
+    assert f"([PDF](figures/{r.id}/curve.pdf))" in (out / "99_figtest" / "README.md").read_text()

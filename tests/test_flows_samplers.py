@@ -323,3 +323,123 @@ def test_training_step_loss_is_differentiable_and_zero_for_oracle():
     fm_step_loss(lambda x, t, y: lin(x), x1, y, x0, t, path="linear", loss="euclidean", radial_weight=0.0,
                  device=cpu).backward()
     assert torch.isfinite(lin.weight.grad).all() and lin.weight.grad.abs().sum() > 0
+
+
+# ----------------------------------------------------------------------------- settings reach the tensors
+
+
+def test_priors_and_times_follow_generator_device_and_radius():
+    """Seeded draws equal torch's own draws from that generator; device and radius are passed on
+    (the meta device shows where a tensor would live without allocating it)."""
+    seed = lambda: torch.Generator().manual_seed(11)  # noqa: E731
+    torch.testing.assert_close(flows.gaussian_prior((2, 3, 4), generator=seed()),
+                               torch.randn((2, 3, 4), generator=seed()))
+    torch.testing.assert_close(flows.prior_for("linear", (2, 3, 4), generator=seed()),
+                               torch.randn((2, 3, 4), generator=seed()))
+    torch.testing.assert_close(flows.prior_for("sphere", (2, 3, 4), radius=2.5, generator=seed()),
+                               geo.to_sphere(torch.randn((2, 3, 4), generator=seed()), 2.5))
+    torch.testing.assert_close(flows.sphere_prior((2, 3, 4), 0.5).norm(dim=-1), torch.full((2, 3), 0.5))
+    torch.testing.assert_close(flows.sample_t(7, "uniform", generator=seed()), torch.rand(7, generator=seed()))
+    torch.testing.assert_close(flows.sample_t(7, generator=seed()),  # the default is logit-normal
+                               torch.sigmoid(torch.randn(7, generator=seed())))
+    for draw in (lambda: flows.gaussian_prior((2, 3), device="meta"),
+                 lambda: flows.sphere_prior((2, 3), device="meta"),
+                 lambda: flows.prior_for("slerp", (2, 3), device="meta"),
+                 lambda: flows.prior_for("gaussian", (2, 3), device="meta"),
+                 lambda: flows.sample_t(3, "uniform", device="meta"),
+                 lambda: flows.sample_t(3, "logit_normal", device="meta")):
+        assert draw().device.type == "meta"
+
+
+@pytest.mark.parametrize("fn,name", [(lambda: flows.path("curved", *torch.zeros(2, 1, 1, 2), torch.zeros(1)), "path"),
+                                     (lambda: flows.prior_for("cube", (1, 2)), "prior"),
+                                     (lambda: flows.sample_t(3, "beta"), "time_dist"),
+                                     (lambda: flows.fm_loss(*torch.zeros(3, 1, 2), "cosine"), "loss")])
+def test_choice_errors_name_the_parameter(fn, name):
+    with pytest.raises(ValueError, match=f"^{name}="):
+        fn()
+
+
+def test_fm_loss_closed_forms_and_defaults():
+    g = torch.Generator().manual_seed(6)
+    x = geo.to_sphere(torch.randn(4, 3, 8, generator=g))
+    pred, u = torch.randn(4, 3, 8, generator=g), geo.split_radial(torch.randn(4, 3, 8, generator=g), x)[1]
+    radial, tangent = geo.split_radial(pred, x)
+    assert flows.fm_loss(pred, u, x).item() == pytest.approx((pred - u).pow(2).mean().item(), rel=1e-6)  # euclidean
+    assert flows.fm_loss(pred, u, x, "riemannian").item() == pytest.approx((tangent - u).pow(2).mean().item(), rel=1e-6)
+    assert flows.fm_loss(pred, u, x, "riemannian", 0.3).item() == pytest.approx(
+        (tangent - u).pow(2).mean().item() + 0.3 * radial.pow(2).mean().item(), rel=1e-6)
+
+
+def test_slerp_path_stays_on_the_first_sphere_shell_path_does_not():
+    """slerp runs on the sphere of |x0| to x1's direction; the shell path ends at x1 itself (also for
+    norms below 1)."""
+    g = torch.Generator().manual_seed(8)
+    x0, x1 = 0.2 * geo.to_sphere(torch.randn(3, 2, 8, generator=g)), 0.05 * torch.randn(3, 2, 8, generator=g)
+    end, _ = flows.path("slerp", x0, x1, torch.ones(3))
+    torch.testing.assert_close(end.norm(dim=-1), x0.norm(dim=-1))
+    torch.testing.assert_close(geo.angle(end, x1), torch.zeros(3, 2), atol=1e-3, rtol=0)
+    mid, _ = flows.path("shell", x0, x1, torch.full((3,), 0.5))
+    torch.testing.assert_close(mid.norm(dim=-1), 0.5 * (x0.norm(dim=-1) + x1.norm(dim=-1)))
+    torch.testing.assert_close(geo.angle(mid, x0), 0.5 * geo.angle(x0, x1), atol=1e-5, rtol=1e-5)
+
+
+def test_radial_share_per_sample_and_small_velocities():
+    x = geo.to_sphere(torch.randn(3, 2, 8))
+    radial = geo.split_radial(torch.randn(3, 2, 8), x)[0]
+    tangent = geo.split_radial(torch.randn(3, 2, 8), x)[1]
+    tangent = tangent / tangent.norm(dim=-1, keepdim=True) * radial.norm(dim=-1, keepdim=True)  # equal norms
+    u = torch.stack([radial[0], tangent[1], radial[2] + tangent[2]]) * 1e-3  # shares 1, 0, 1/2; |u| << 1
+    torch.testing.assert_close(flows.radial_share(u, x), torch.tensor([1.0, 0.0, 0.5]), atol=1e-5, rtol=0)
+
+
+def test_resolve_shift_rejects_non_positive_alpha():
+    for bad in (0.0, -2.0):
+        with pytest.raises(ValueError, match="shift"):
+            flows.resolve_shift(bad, 16, 32)
+
+
+class Recorder(torch.nn.Module):
+    """v = (y + 1)·1, recording the batch size, the times and their device of every call."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def forward(self, x, t, y):
+        self.calls.append((len(x), t.tolist() if t.device.type != "meta" else None, t.device.type))
+        return torch.ones_like(x) * (y.float()[:, None, None] + 1)
+
+
+def test_guidance_defaults_boundaries_and_batching():
+    x, y = torch.zeros(3, 2, 4), torch.tensor([2, 2, 2])
+    m = Recorder()
+    torch.testing.assert_close(samplers.guided_velocity(m, x, 0.5, y, null_class=0), torch.full_like(x, 3.0))
+    torch.testing.assert_close(samplers.guided_velocity(m, x, 0.5, y, cfg_scale=1.0, null_class=0), torch.full_like(x, 3.0))
+    assert [c[0] for c in m.calls] == [3, 3]  # scale 1: one conditional call, no null batch
+    m.calls.clear()
+    for t in (0.25, 0.75):  # the interval's ends are inside it
+        v = samplers.guided_velocity(m, x, t, y, cfg_scale=2.0, cfg_interval=(0.25, 0.75), null_class=0)
+        torch.testing.assert_close(v, torch.full_like(x, 1 + 2 * (3 - 1)))
+    assert m.calls == [(6, [0.25] * 6, "cpu"), (6, [0.75] * 6, "cpu")]
+    samplers.guided_velocity(m, x.to("meta"), 0.5, y.to("meta"), cfg_scale=2.0, null_class=0)
+    samplers.guided_velocity(m, x.to("meta"), 0.5, y.to("meta"))
+    assert [c[2] for c in m.calls[-2:]] == ["meta", "meta"]
+
+
+def test_step_radius_dtype_and_choice():
+    x = geo.to_sphere(torch.randn(2, 3, 8), 2.0).bfloat16()
+    v = torch.randn(2, 3, 8).bfloat16()
+    for method in samplers.METHODS:
+        assert samplers.step(method, x, v, 0.1, radius=2.0).dtype == torch.bfloat16
+    out = samplers.step("euler_project", x.float(), v.float(), 0.1, radius=2.0)
+    torch.testing.assert_close(out.norm(dim=-1), torch.full((2, 3), 2.0))
+    with pytest.raises(ValueError, match="^method="):
+        samplers.step("heun", x, v, 0.1)
+
+
+def test_time_grid_default_dtype_and_device():
+    assert torch.equal(samplers.time_grid(4), torch.linspace(0, 1, 5))
+    grid = torch.linspace(0, 1, 51, dtype=torch.float64)
+    assert torch.equal(samplers.time_grid(50, 0.354), (grid / (0.354 - (0.354 - 1) * grid)).float())  # fp64, rounded once
+    assert samplers.time_grid(4, 2.0, device="meta").device.type == "meta"

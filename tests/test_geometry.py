@@ -172,8 +172,8 @@ def test_antipodal_fallback_on_coordinate_axes(axis):
 def test_every_public_function_computes_bf16_in_fp32(name):
     """bf16 in, fp32 math, bf16 out: equal to the fp32 result on the same (bf16-rounded) inputs, rounded once."""
     g = torch.Generator().manual_seed(3)
-    x = geo.to_sphere(torch.randn(64, 256, generator=g)).bfloat16()
-    y = (x.float() + 0.05 * torch.randn(64, 256, generator=g)).bfloat16()  # close points: bf16 math loses them
+    x = geo.to_sphere(torch.randn(64, 256, generator=g), 3.3).bfloat16()  # not a power of 2: x/|x| rounds in bf16
+    y = (x.float() + 0.01 * torch.randn(64, 256, generator=g)).bfloat16()  # close points: bf16 math loses them
     fns = {"angle": lambda a, b: geo.angle(a, b), "logmap": lambda a, b: geo.logmap(a, b),
            "expmap": lambda a, b: geo.expmap(a, b), "split_radial": lambda a, b: geo.split_radial(b, a)[0],
            "to_sphere": lambda a, b: geo.to_sphere(b, 3.3)}
@@ -219,3 +219,16 @@ def test_antipodal_fallback_near_the_first_axis_is_tangent():
     torch.testing.assert_close(v.norm(dim=-1), torch.full((3,), 2 * math.pi, dtype=torch.float64))
     assert (v * x).sum(-1).abs().max() < 1e-12
     torch.testing.assert_close(geo.expmap(x, v), -x)
+
+
+def test_expmap_drops_the_radial_part():
+    x = rand_sphere(4, 3, 8)
+    rad, tan = geo.split_radial(torch.randn(4, 3, 8, dtype=torch.float64), x)
+    torch.testing.assert_close(geo.expmap(x, tan + 5 * rad), geo.expmap(x, tan))
+
+
+def test_times_follow_the_points_device():
+    """Per-sample times on the CPU broadcast against points elsewhere (the meta device stands in for CUDA)."""
+    x0, x1 = torch.randn(2, 3, 8, device="meta"), torch.randn(2, 3, 8, device="meta")
+    xt, ut = geo.slerp_with_velocity(x0, x1, torch.tensor([0.25, 0.5]))
+    assert xt.device.type == ut.device.type == "meta" and xt.shape == (2, 3, 8)

@@ -10,8 +10,6 @@ Output convention: forward() returns a *linear* output that is trained towards i
 (no sigmoid, which would flatten gradients near black and white); decode() clamps it to [0, 1].
 Train on forward(), show and measure decode().
 """
-
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 

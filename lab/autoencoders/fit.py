@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from lab import encoders, trainutil
 from lab.autoencoders.disc import DinoDisc
 from lab.autoencoders.losses import adaptive_weight, hinge_d_loss, hinge_g_loss
-from lab.infra.feature_nets import lpips_net
+from lab.infra import feature_nets
 
 PRELOAD_BYTES = 2 << 30  # datasets smaller than this are held in memory as one tensor
 
@@ -82,7 +82,7 @@ def load_lpips(net="alex", device=None):
     """A frozen LPIPS network: a name ('alex', 'vgg') or a module; None stays None (no LPIPS term)."""
     if net is None:
         return None
-    return encoders.freeze((lpips_net(net) if isinstance(net, str) else net).to(device))
+    return encoders.freeze((feature_nets.lpips_net(net) if isinstance(net, str) else net).to(device))
 
 
 def default_disc(image_size):
@@ -140,7 +140,8 @@ def fit(step_fn, params, n_data, *, steps, batch_size, lr, modules=None, ckpt_di
 
     def save(step):
         if ckpt_dir:
-            return trainutil.save_checkpoint(ckpt_dir, step, modules, optimizers, extra={"history": hist}, keep=keep)
+            return trainutil.save_checkpoint(ckpt_dir, step, modules, optimizers, extra={"history": hist},
+                                             keep=keep)
 
     bar = tqdm(range(start, steps), initial=start, total=steps, desc=desc, leave=False, disable=not progress)
     for step in bar:

@@ -86,7 +86,7 @@ class LearnedTeacher(nn.Module):
         self.up_conv = nn.ConvTranspose2d(d, vfm_dim, factor, stride=factor)
         self.up_block = Block(vfm_dim, heads, qkv_bias=True)
         self.register_buffer("fitted", torch.tensor(False))
-        self.requires_grad_(False)  # fixed inside the GAE; trainers.train_learned_teacher switches it on while fitting
+        self.requires_grad_(False)  # fixed inside the GAE; trainers.train_learned_teacher unfreezes it to fit
 
     def forward(self, f, grid):
         """f: [B, N, C] on a grid `grid` * factor -> codes [B, N', d] on `grid`."""

@@ -129,7 +129,9 @@ def train_gae(ae, data, steps=2000, batch_size=32, lr=2e-4, out_dir=None, resume
     if ae.teacher is not None and not ae.teacher_ready():
         teacher_losses = fit_teacher(ae, images, teacher_steps, teacher_lr, seed, device)
     aligned = ae.vfm is not None and align_weight > 0
-    targets = precompute(ae.teacher_features, images, device=device, desc="teacher targets") if aligned and cache else None
+    targets = None
+    if aligned and cache:
+        targets = precompute(ae.teacher_features, images, device=device, desc="teacher targets")
     lpips_net = load_lpips("alex" if lpips_weight > 0 else None, device)
 
     def step(idx, gen, k):

@@ -8,7 +8,6 @@ slows training near the ends of the range); autoencoders clamp in `decode`, loss
 prediction. The position table is computed for whatever grid arrives, so one decoder serves
 any resolution; the grid is passed explicitly or taken as square.
 """
-import torch
 import torch.nn as nn
 from timm.models.vision_transformer import Block
 
