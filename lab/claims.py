@@ -193,7 +193,7 @@ def rule_swap(m):
 
 FREE_NORM = ("dino", "vae", "hae")  # latents whose token norm is free (judged)
 STANDARDISED = ("dino_affine_free", "gae", "sphvae")  # norm fixed by construction: sanity rows
-HALF_LOW = 0.3  # "roughly half or more": at least 0.5 − 0.15
+HALF_LOW = 0.35  # "roughly half or more": at least 0.5 − 0.15
 SLERP_TOL = 1e-4
 
 

@@ -81,8 +81,10 @@ class Explorer:
     def __init__(self, ae, images, labels, distances=None, name="autoencoder", seed=0):
         self.ae, self.images, self.labels, self.name, self.seed = ae, images, torch.as_tensor(labels), name, seed
         self.distances = distances if distances is not None else probes.default_distances(dino_size=112)
+        self.device = next((p.device for p in ae.parameters()), torch.device("cpu"))  # a zoo model may sit on CUDA
         with torch.no_grad():
-            self.latents = torch.cat([ae.encode(images[i:i + 32]).float() for i in range(0, len(images), 32)])
+            self.latents = torch.cat([ae.encode(images[i:i + 32].to(self.device)).float().cpu()
+                                      for i in range(0, len(images), 32)])
         self.mean_norm = self.latents.norm(dim=-1).mean().item()
         self._geometry = None
 
@@ -100,11 +102,11 @@ class Explorer:
         z = self.latents[index:index + 1]
         zp = self.latents[j:j + 1] if j is not None else None
         edited = edit_latent(z, zp, swap, angle, norm_scale, norm_mode, self.mean_norm, self.seed)
-        recon = self.ae.decode(z).float().clamp(0, 1)
-        decoded = self.ae.decode(edited).float().clamp(0, 1)
+        recon = self.ae.decode(z.to(self.device)).float().clamp(0, 1)
+        decoded = self.ae.decode(edited.to(self.device)).float().clamp(0, 1)
         dist = {name: float(fn(recon, decoded)[0]) for name, fn in self.distances.items()}
         return dict(original=self.images[index], partner=self.images[j] if j is not None else None,
-                    recon=recon[0], decoded=decoded[0], latent=edited, distances=dist,
+                    recon=recon[0].cpu(), decoded=decoded[0].cpu(), latent=edited, distances=dist,
                     setting=dict(index=index, norm_scale=norm_scale, norm_mode=norm_mode, angle=angle,
                                  swap=swap, partner=j, swap_skipped=skipped))
 

@@ -261,23 +261,31 @@ def inception_features(images01, path, batch_size=64, device=None):
     return _extract(fn, dev, images01, batch_size, desc)
 
 
+def _check_features(kind, inception_path):
+    check_choice("features", kind, FEATURES)
+    if kind == "inception" and inception_path is None:
+        raise ValueError("features='inception' needs inception_path= (the Inception-v3 FID weights file, "
+                         "e.g. pt_inception-2015-12-05-6726825d.pth); without it use 'effnet' (FD-effnet)")
+
+
 def _feature_fn(kind, inception_path=None, device=None):
     """(fn, device, description) of a named feature network, the network loaded onto the device."""
-    check_choice("features", kind, FEATURES)
+    _check_features(kind, inception_path)
     if kind == "effnet":
         return _effnet_fn(device=device)
     if kind == "dino":
         return _dino_fn(device=device)
-    if inception_path is None:
-        raise ValueError("features='inception' needs inception_path= (the Inception-v3 FID weights file, "
-                         "e.g. pt_inception-2015-12-05-6726825d.pth); without it use 'effnet' (FD-effnet)")
     return _inception_fn(inception_path, device)
 
 
 def extract_features(images01, kind="effnet", inception_path=None, batch_size=64, device=None):
     """Features [n, d] of images (on the CPU) for a distribution metric: 'effnet' | 'dino' | 'inception'."""
-    fn, dev, desc = _feature_fn(kind, inception_path, device)
-    return _extract(fn, dev, images01, batch_size, desc)
+    _check_features(kind, inception_path)
+    if kind == "effnet":
+        return effnet_features(images01, batch_size=batch_size, device=device)
+    if kind == "dino":
+        return dino_features(images01, batch_size=batch_size, device=device)
+    return inception_features(images01, inception_path, batch_size=batch_size, device=device)
 
 
 def _batch_moments(fn, device, dim, images, batch_size, desc, rank=0, world=1):

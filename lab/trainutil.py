@@ -18,7 +18,6 @@ import datetime
 import errno
 import faulthandler
 import gc
-import json
 import os
 import pickle
 import random

@@ -134,3 +134,12 @@ def test_notebook_05_runs_at_smoke_size_with_lab_device_cpu(tmp_path, monkeypatc
     res = nbtools.execute(nb, SMOKE[nb.stem], runs_dir=str(tmp_path), check=False)
     assert res["status"] == "done", res.get("error")
     assert os.environ["LAB_DEVICE"] == "cpu"
+
+
+def test_fd_from_streamed_moments_equals_fd_of_the_feature_sets():
+    """metrics.fd never holds the features; its value is the one of the held feature sets."""
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.rand(12, 3, 32, 32, generator=g), torch.rand(10, 3, 32, 32, generator=g)
+    got = metrics.fd(a, b, batch_size=5)
+    ref = metrics.fd_from_features(metrics.effnet_features(a, batch_size=5), metrics.effnet_features(b, batch_size=5))
+    assert abs(got["value"] - ref["value"]) < 1e-6 and (got["n_a"], got["n_b"], got["dim"]) == (12, 10, 1280)

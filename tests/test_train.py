@@ -311,3 +311,36 @@ def test_precision_reaches_the_step(precision, expected):
     assert probe.seen == [expected, expected] and all(np.isfinite(out["losses"]))
     with pytest.raises(ValueError, match="precision"):
         train_generator(lat, labels, model=DtypeProbe(), steps=1, batch_size=8, progress=False, precision="fp16")
+
+
+def test_model_autocast_dtype_and_choice():
+    import warnings
+
+    from lab.train import model_autocast
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "CUDA is not available": the context still records its dtype
+        assert model_autocast("cuda", "bf16").fast_dtype == torch.bfloat16  # CUDA's own default is fp16
+    assert model_autocast("cpu", "bf16").fast_dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="^precision="):
+        model_autocast("cpu", "fp16")
+
+
+def test_step_precision_default_sees_path_and_loss(monkeypatch):
+    import lab.train as tr
+    seen = []
+    monkeypatch.setattr(tr, "default_precision", lambda *a: seen.append(a) or "fp32")
+    x1, y, x0, t = global_batch(*toy_latents(), 0, batch_size=4, seed=0, path="slerp", time_dist="uniform",
+                                shift=False, label_dropout=0.0, num_classes=2, device=torch.device("cpu"))
+    tr.fm_step_loss(lambda x, t, y: x, x1, y, x0, t, path="slerp", loss="riemannian", radial_weight=0.0,
+                    device=torch.device("cpu"))
+    assert seen == [(torch.device("cpu"), "slerp", "riemannian")]
+
+
+def test_global_batch_dtypes():
+    """Latents of any float dtype train in fp32; labels of any int dtype become long (embedding indices)."""
+    lat, labels = toy_latents()
+    kw = dict(batch_size=4, seed=0, path="linear", time_dist="uniform", shift=False, label_dropout=0.0,
+              num_classes=2, device=torch.device("cpu"))
+    for lat_dtype in (torch.float64, torch.bfloat16):
+        x1, y, x0, t = global_batch(lat.to(lat_dtype), labels.int(), 0, **kw)
+        assert x1.dtype == x0.dtype == t.dtype == torch.float32 and y.dtype == torch.long

@@ -31,7 +31,8 @@ class HAE(nn.Module):
     teacher: a timm ViT module (kept frozen, built with dynamic_img_size=True) or a name for
         lab.encoders.vit ('dinov2_s_imgfocus' default; other timm names need teacher_weights).
     stem: 'conv' (hierarchical stem) or 'patch' (the teacher's own patch embedding: the baseline).
-    align: 'cosine' (DINO-SAE) or 'mse' (the ablation).
+    align: 'cosine' (DINO-SAE), 'mse' or 'mse_matched' (the ablation at the cosine loss's effective
+        weight: losses.matched_mse).
     decoder: an nn.Module mapping [B, N, C] -> [B, 3, 16h, 16w] (linear output trained towards
         [0, 1], with .last_layer), or None for conv_decoder(decoder_size).
     image_size: the training resolution; sets .grid and, for a named teacher, the size its position
@@ -105,7 +106,7 @@ class HAE(nn.Module):
         return x[:, vit.num_prefix_tokens:]
 
     def alignment_loss(self, z_student, z_teacher):
-        """1 - cos per token (align='cosine') or MSE (align='mse'), averaged."""
+        """1 - cos per token (align='cosine'), MSE ('mse') or the matched MSE ('mse_matched'), averaged."""
         return alignment_loss(z_student, z_teacher, self.align)
 
     def encoder_parameters(self):

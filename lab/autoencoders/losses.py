@@ -6,7 +6,7 @@ and nowhere else. Every function returns plain scalars (0-dim tensors) that a tr
 import torch
 import torch.nn.functional as F
 
-ALIGN_KINDS = ("cosine", "mse")
+ALIGN_KINDS = ("cosine", "mse", "mse_matched")
 
 
 # ---------------------------------------------------------------- reconstruction
@@ -31,15 +31,38 @@ def recon_loss(x_hat, x, lpips_net=None, w_l1=1.0, w_lpips=1.0):
 def alignment_loss(z_student, z_teacher, kind="cosine"):
     """Token-wise alignment of student to teacher features [B, N, C].
 
-    cosine: mean over tokens of 1 - cos(z_s, z_t): matches directions, leaves norms free (DINO-SAE).
-    mse:    mean over all entries of (z_s - z_t)^2: matches directions and magnitudes.
+    cosine:      mean over tokens of 1 - cos(s, t): matches directions, leaves norms free (DINO-SAE).
+    mse:         mean over all entries of (s - t)^2: matches directions and magnitudes.
+    mse_matched: the MSE at the cosine loss's effective weight (matched_mse below), so that an
+                 ablation of cosine vs MSE compares what is matched, not how hard it is pushed.
     """
     if kind == "cosine":
         cos = F.cosine_similarity(z_student.float(), z_teacher.float(), dim=-1, eps=1e-8)
         return (1 - cos).mean()
     if kind == "mse":
         return (z_student.float() - z_teacher.float()).pow(2).mean()
+    if kind == "mse_matched":
+        return matched_mse(z_student, z_teacher)
     raise ValueError(f"alignment kind={kind!r}; allowed: {ALIGN_KINDS}")
+
+
+def matched_mse(z_student, z_teacher):
+    """mean over tokens of |s - t|^2 / (2 R^2), R^2 = the teacher's mean squared token norm (detached).
+
+    Why this scale. Per token, with |s| = |t| = R and angle theta between them,
+        |s - t|^2 = 2 R^2 (1 - cos theta),   so   |s - t|^2 / (2 R^2) = 1 - cos theta:
+    the loss equals the cosine loss whenever the norms agree and adds only a penalty on the norm.
+    Gradients w.r.t. one student token (N tokens averaged):
+        cosine loss:    |grad| = sin(theta) / (N |s|)
+        matched MSE:    |grad| = |s - t| / (N R^2) = 2 sin(theta / 2) / (N R)
+        plain MSE:      |grad| = 2 |s - t| / (N C) = 4 R sin(theta / 2) / (N C)
+    so matched / cosine = 1 / cos(theta / 2) (1 at small angles, sqrt(2) at 90 degrees), while
+    plain / cosine = 2 R^2 / (C cos(theta / 2)): about 8 for DINOv2-S tokens (R about 40, C = 384),
+    the step-size confound of comparing cosine with a plain MSE at equal weight.
+    """
+    s, t = z_student.float(), z_teacher.float()
+    r2 = t.detach().pow(2).sum(dim=-1).mean()
+    return ((s - t).pow(2).sum(dim=-1) / (2 * r2)).mean()
 
 
 # ---------------------------------------------------------------- adversarial (hinge)
