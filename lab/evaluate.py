@@ -59,7 +59,7 @@ decode = decode_batched  # the name notebooks 06 and 07 use
 def token_fd(real, fake):
     """Fréchet distance between token clouds [M, N, C] -> tokens as samples in R^C."""
     r, f = real.reshape(-1, real.shape[-1]).double().numpy(), fake.reshape(-1, fake.shape[-1]).double().numpy()
-    return metrics.fd_from_features(r, f, name="FD-tokens", network="none (latent tokens)")["value"]
+    return metrics.fd_from_features(r, f)["value"]
 
 
 def norm_summary(z):
@@ -79,6 +79,6 @@ def quality(ae, fake_latents, real_latents, real_feats, *, decode_radius=None, f
     fake_feats = metrics.extract_features(images, features)
     fd = metrics.fd_from_features(real_feats, fake_feats, metrics.FD_NAMES[features], metrics.NETWORKS[features])
     out = dict(fd_tokens=token_fd(real_latents, fake_latents), fd_images=fd["value"], fd_name=fd["name"],
-               n=len(fake_latents))
+               fd_network=fd["network"], n=len(fake_latents))
     out.update(norm_summary(fake_latents))
     return out, images

@@ -1,7 +1,7 @@
 """Image and representation metrics. Each one says which network it used.
 
-Images are float tensors [B, 3, H, W] in [0, 1]. Per-image metrics (PSNR, SSIM, LPIPS) are
-computed per image and then averaged. Distribution metrics return a dict with the value, the
+Images are float tensors [B, 3, H, W] in [0, 1] (the feature extractors also take uint8 in
+[0, 255]). Per-image metrics (PSNR, SSIM, LPIPS) are computed per image and then averaged. Distribution metrics return a dict with the value, the
 metric's name and the feature network, and the sample sizes: a Fréchet distance at small n is
 biased upward (roughly by tr(Σ)/n-ish terms), so only values at the same n compare.
 
@@ -175,8 +175,9 @@ def _features(fn, device, images, batch_size, desc, rank=0, world=1):
     """Yield fn(batch) per batch, float, on the device: inference mode, bf16 autocast on CUDA."""
     for b in tqdm(_batches(images, batch_size, rank, world), total=_n_batches(images, batch_size),
                   desc=desc, leave=False):
+        b = b.to(device, non_blocking=True)  # uint8 images travel as uint8 and become [0, 1] here
         with _inference(device, amp=True):
-            f = fn(b.to(device, non_blocking=True)).float()
+            f = fn(b.float() / 255 if b.dtype == torch.uint8 else b).float()
         yield f
 
 

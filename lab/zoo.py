@@ -21,7 +21,7 @@ from lab.autoencoders.decoder import ConvDecoder
 from lab.autoencoders.gae import GAE
 from lab.autoencoders.hae import HAE
 from lab.autoencoders.rae import RAE
-from lab.autoencoders.stages import train_stage
+from lab.autoencoders.stages import train_stages
 from lab.autoencoders.trainers import finetune_spherical, train_gae, train_rae, train_vae
 from lab.autoencoders.vae import KLVAE, SphericalVAE
 
@@ -173,13 +173,20 @@ def gae(data="fashion", n=2048, size=64, latent_dim=32, align="latent", teacher=
         align_weight=align_weight, seed=seed))
 
 
-def hae(data="photos", n=2048, size=64, stem="conv", align="cosine", steps=100, batch_size=16, lr=5e-4,
-        lambda_cos=1.0, lpips_weight=1.0, decoder_widths=(128, 64, 32, 16, 8), teacher="dinov2_s_imgfocus",
-        teacher_weights=None, data_root=None, seed=0):
-    """HAE / DINO-SAE after stage 1 (stem + decoder; stem='patch' is the patch-embedding baseline)."""
+def hae(data="photos", n=2048, size=64, stem="conv", align="cosine", steps=100, stage2_steps=None,
+        stage3_steps=None, stage4_steps=None, noise_tau=0.8, batch_size=16, lr=5e-4, lambda_cos=1.0,
+        lpips_weight=1.0, decoder_widths=(128, 64, 32, 16, 8), teacher="dinov2_s_imgfocus", teacher_weights=None,
+        data_root=None, seed=0):
+    """HAE / DINO-SAE after its four stages (stages.train_stages; stem='patch' is the patch-embedding baseline).
+
+    steps: stage 1 (stem + decoder, alignment); stage2_steps (+ GAN), stage3_steps (decoder only),
+    stage4_steps (decoder only on z + sigma * eps, sigma ~ U(0, noise_tau): DINO-SAE Eq. 10). A late
+    stage's count defaults to max(1, steps // 5), so a smoke run stays tiny; 0 skips that stage.
+    """
+    late = [max(1, steps // 5) if k is None else int(k) for k in (stage2_steps, stage3_steps, stage4_steps)]
     recipe = dict(kind="hae", data=data, n=n, size=size, stem=stem, align=align, steps=steps,
-                  batch_size=batch_size, lr=lr, lambda_cos=lambda_cos, lpips_weight=lpips_weight,
-                  decoder_widths=list(decoder_widths), seed=seed)
+                  stage_steps=[steps] + late, noise_tau=noise_tau, batch_size=batch_size, lr=lr,
+                  lambda_cos=lambda_cos, lpips_weight=lpips_weight, decoder_widths=list(decoder_widths), seed=seed)
     if teacher != "dinov2_s_imgfocus":
         recipe.update(teacher=teacher, teacher_weights=str(teacher_weights))
     recipe = _with_root(recipe, data_root)
@@ -187,10 +194,11 @@ def hae(data="photos", n=2048, size=64, stem="conv", align="cosine", steps=100, 
     width = 384 if teacher == "dinov2_s_imgfocus" else encoders.vit(teacher, weights=teacher_weights).embed_dim
     ae = HAE(teacher=teacher, stem=stem, align=align, image_size=size, teacher_weights=teacher_weights,
              decoder=ConvDecoder(width, tuple(decoder_widths)))
-    return _train_or_load("hae", recipe, ae, lambda out: train_stage(
-        ae, images(data, n, size, root=data_root)[0], stage=1, steps=steps, batch_size=batch_size, lr=lr,
-        lambda_cos=lambda_cos, w_lpips=lpips_weight, lpips_net="alex" if lpips_weight else None, out_dir=out,
-        seed=seed), sub="stage1")
+    last = max(k for k, n_k in enumerate(recipe["stage_steps"], 1) if n_k > 0)
+    return _train_or_load("hae", recipe, ae, lambda out: train_stages(
+        ae, images(data, n, size, root=data_root)[0], recipe["stage_steps"], batch_size=batch_size, lr=lr,
+        lambda_cos=lambda_cos, w_lpips=lpips_weight, lpips_net="alex" if lpips_weight else None,
+        noise_tau=noise_tau, out_dir=out, seed=seed)[last], sub=f"stage{last}")
 
 
 def spherical_vae(data="fashion", n=2048, size=64, latent_dim=32, vae_steps=300, finetune_steps=100,
@@ -317,7 +325,7 @@ def latents(name, x, *, data="fashion", n=2048, size=64, gae_steps=300, vae_step
 
     'dino' / 'dino_affine_free': DINOv2-S tokens with / without the final LayerNorm's affine (no
     training); 'gae': RMS-normalised GAE tokens; 'vae' / 'sphvae': the KL-VAE's posterior means and
-    their projection to sqrt(d); 'hae': the HAE student (stage 1, trained on `hae_data`).
+    their projection to sqrt(d); 'hae': the HAE student (four stages, `hae_steps` in stage 1, trained on `hae_data`).
     """
     check_choice("latents", name, LATENTS)
     if name in ("dino", "dino_affine_free"):
@@ -336,12 +344,12 @@ def latents(name, x, *, data="fashion", n=2048, size=64, gae_steps=300, vae_step
 def generation_data(kind, *, data="fashion", n=2048, size=64, steps=300, n_test=200, data_root=None, seed=0):
     """What a generator comparison needs, shared by notebooks 05 and 06: (autoencoder, its latents
     key, train latents, train labels, held-out images, held-out latents, their EfficientNet features).
-    kind: 'gae' | 'sphvae' (zoo.autoencoder) or 'hae' (the HAE student, `steps` stage-1 steps).
+    kind: 'gae' | 'sphvae' (zoo.autoencoder) or 'hae' (the four-stage HAE student, `steps` stage-1 steps).
 
     One autoencoder per data set (seed `seed`); latents are encoded once and cached; the real-image
     features are computed once for every configuration compared against them.
     """
-    if kind == "hae":  # free-norm latents: the HAE student (stage 1) trained on the same data
+    if kind == "hae":  # free-norm latents: the four-stage HAE student trained on the same data
         ae = hae(data=data, n=n, size=size, steps=steps, data_root=data_root, seed=seed)
         key = dict(ae.recipe, split="train")
     else:

@@ -43,7 +43,8 @@ PYTEST_DESELECT = {  # slow tests that the fast selection leaves out (they need 
 def setup_cfg(source, tests, extra):
     lines = ["[mutmut]", "source_paths = lab", f"only_mutate = {source}",
              "pytest_add_cli_args_test_selection ="] + [f"    {t}" for t in tests]
-    lines += ["pytest_add_cli_args ="] + [f"    {a}" for a in ["-x", "-q", "-p", "no:cacheprovider", "-W", "ignore"] + extra]
+    args = ["-x", "-q", "-p", "no:cacheprovider", "-W", "ignore"] + extra
+    lines += ["pytest_add_cli_args ="] + [f"    {a}" for a in args]
     lines += ["process_isolation = fork", "use_git_change_detection = false", "track_dependencies = false", ""]
     return "\n".join(lines)
 

@@ -143,3 +143,11 @@ def test_fd_from_streamed_moments_equals_fd_of_the_feature_sets():
     got = metrics.fd(a, b, batch_size=5)
     ref = metrics.fd_from_features(metrics.effnet_features(a, batch_size=5), metrics.effnet_features(b, batch_size=5))
     assert abs(got["value"] - ref["value"]) < 1e-6 and (got["n_a"], got["n_b"], got["dim"]) == (12, 10, 1280)
+
+
+def test_uint8_images_give_the_features_of_their_float_values():
+    u8 = torch.randint(0, 256, (9, 3, 4, 4), dtype=torch.uint8)
+    m8 = metrics._batch_moments(channel_means, torch.device("cpu"), 3, u8, 4, "test")
+    m32 = metrics._batch_moments(channel_means, torch.device("cpu"), 3, u8.float() / 255, 4, "test")
+    for k in m8:
+        torch.testing.assert_close(m8[k], m32[k], rtol=0, atol=1e-12)

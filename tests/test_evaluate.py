@@ -101,8 +101,9 @@ def test_norm_summary():
     assert out["norm_cv"] == pytest.approx(torch.tensor([2.0] * 3 + [6.0] * 3).std().item() / 4.0)
 
 
-def _channel_means(images, kind="effnet", **kw):
-    """A cheap stand-in feature extractor: per-channel means and stds of the images."""
+def _channel_means(images, kind, **kw):
+    """A cheap stand-in feature extractor: per-channel means and stds of the images (kind must be named)."""
+    assert kind in metrics.FD_NAMES, kind
     return torch.cat([images.mean((2, 3)), images.std((2, 3))], 1).double()
 
 
@@ -114,14 +115,23 @@ def test_quality_decodes_at_the_decode_radius(monkeypatch, decode_radius):
     real_images = torch.rand(12, 3, 16, 16, generator=g)
     real = ae.encode(real_images)
     fake = 0.5 * ae.encode(torch.rand(12, 3, 16, 16, generator=g))
-    out, images = evaluate.quality(ae, fake, real, _channel_means(real_images), decode_radius=decode_radius)
+    out, images = evaluate.quality(ae, fake, real, _channel_means(real_images, "effnet"), decode_radius=decode_radius)
     z = fake if decode_radius is None else geo.to_sphere(fake, decode_radius)
     torch.testing.assert_close(images, ae.decode(z).clamp(0, 1))
-    expected_fd = metrics.fd_from_features(_channel_means(real_images), _channel_means(images))["value"]
+    real_feats = _channel_means(real_images, "effnet")
+    expected_fd = metrics.fd_from_features(real_feats, _channel_means(images, "effnet"))["value"]
     assert out["fd_images"] == pytest.approx(expected_fd, rel=1e-9)
     assert out["fd_tokens"] == pytest.approx(evaluate.token_fd(real, fake), rel=1e-12)  # before rescaling
-    assert out["fd_name"] == "FD-effnet" and out["n"] == 12
+    assert out["fd_name"] == "FD-effnet" and out["n"] == 12 and out["fd_network"] == metrics.NETWORKS["effnet"]
+    dino, _ = evaluate.quality(ae, fake, real, real_feats, decode_radius=decode_radius, features="dino")
+    assert dino["fd_name"] == "FD-dino" and dino["fd_network"] == metrics.NETWORKS["dino"]
     assert out["norm_mean"] == pytest.approx(fake.norm(dim=-1).mean().item(), rel=1e-6)
     if decode_radius is not None:  # the rescale reached the decoder
-        none, _ = evaluate.quality(ae, fake, real, _channel_means(real_images))
+        none, _ = evaluate.quality(ae, fake, real, _channel_means(real_images, "effnet"))
         assert none["fd_images"] != pytest.approx(out["fd_images"], rel=1e-3)
+
+
+def test_device_of_module_default_and_override():
+    assert evaluate._device_of(torch.nn.Linear(2, 2, device="meta")).type == "meta"
+    assert evaluate._device_of(Patchify()) == torch.device("cpu")  # no parameters: the CPU
+    assert evaluate._device_of(torch.nn.Linear(2, 2), "meta") == torch.device("meta")

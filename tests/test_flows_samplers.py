@@ -415,7 +415,8 @@ def test_guidance_defaults_boundaries_and_batching():
     x, y = torch.zeros(3, 2, 4), torch.tensor([2, 2, 2])
     m = Recorder()
     torch.testing.assert_close(samplers.guided_velocity(m, x, 0.5, y, null_class=0), torch.full_like(x, 3.0))
-    torch.testing.assert_close(samplers.guided_velocity(m, x, 0.5, y, cfg_scale=1.0, null_class=0), torch.full_like(x, 3.0))
+    v = samplers.guided_velocity(m, x, 0.5, y, cfg_scale=1.0, null_class=0)
+    torch.testing.assert_close(v, torch.full_like(x, 3.0))
     assert [c[0] for c in m.calls] == [3, 3]  # scale 1: one conditional call, no null batch
     m.calls.clear()
     for t in (0.25, 0.75):  # the interval's ends are inside it
@@ -441,5 +442,6 @@ def test_step_radius_dtype_and_choice():
 def test_time_grid_default_dtype_and_device():
     assert torch.equal(samplers.time_grid(4), torch.linspace(0, 1, 5))
     grid = torch.linspace(0, 1, 51, dtype=torch.float64)
-    assert torch.equal(samplers.time_grid(50, 0.354), (grid / (0.354 - (0.354 - 1) * grid)).float())  # fp64, rounded once
+    shifted = grid / (0.354 - (0.354 - 1) * grid)
+    assert torch.equal(samplers.time_grid(50, 0.354), shifted.float())  # computed in fp64, rounded once
     assert samplers.time_grid(4, 2.0, device="meta").device.type == "meta"

@@ -168,7 +168,9 @@ def test_lpips_orders_distortions():
 
 
 def _skimage_pair():
-    """chelsea and astronaut (bundled with scikit-image), area-resized to 64 px: x = both, y = (astronaut, chelsea mirrored)."""
+    """chelsea and astronaut (bundled with scikit-image), area-resized to 64 px.
+
+    x = (chelsea, astronaut), y = (astronaut, chelsea mirrored)."""
     from skimage import data
 
     def load(img):

@@ -20,7 +20,7 @@ same tau perturbs them relatively less. `dino_sae_smoothing(..., relative=True)`
 earlier form, sigma * rms(z) * eps per token, which keeps the relative size fixed whatever the
 encoder; it is not the paper's. stages.train_stage (HAE stage 4) uses the paper's absolute form
 unless given noise_relative=True, and no notebook passes it: what a notebook runs through lab.zoo
-is Eq. 10 as written (today the zoo's HAE recipe trains stage 1 only).
+is Eq. 10 as written (lab.zoo.hae trains all four stages).
 
 Every draw takes a torch.Generator and draws on that generator's device, so a training step's noise
 is a function of its (seed, step) (lab.trainutil.step_generators) and a resumed run is exact.

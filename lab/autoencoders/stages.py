@@ -11,6 +11,8 @@ noise grows over the stage). noise_relative=True scales it by each token's RMS i
 earlier form, not the paper's; DINOv2-S tokens have RMS about 2, so it doubles the noise at equal
 tau). The default, used by every notebook, is the paper's absolute form.
 
+train_stages runs the four in order (what lab.zoo.hae trains); train_stage runs one.
+
 Exact resume: every random draw of step k (batch indices, sigma, eps) comes from generators seeded by
 (seed, k, stream=stage), so a run killed after a checkpoint at step k and resumed reproduces the run
 that was never killed. Each stage checkpoints under out_dir/stage<k>/ (lab.trainutil layout); a
@@ -116,3 +118,30 @@ def train_stage(ae, data, stage=1, *, steps=500, batch_size=16, lr=2e-4, betas=(
                grad_clip=grad_clip, ckpt_every=ckpt_every, keep=keep, disc=disc if gan else None,
                gan_weight=w_gan, gan_start=disc_warmup, disc_lr=disc_lr, last_layer=ae.decoder.last_layer,
                desc=f"HAE stage {stage}", progress=progress)
+
+
+def train_stages(ae, data, steps=(100, 20, 20, 20), *, out_dir=None, disc=None, noise_tau=0.8, seed=0,
+                 progress=True, **kw):
+    """Stages 1 -> 2 -> 3 -> 4 in order, steps[k - 1] steps each (0 skips a stage); {stage: history}.
+
+    Each stage resumes from its own checkpoint under out_dir/stage<k>/ (a finished stage only reloads
+    its weights), so a run killed in stage 3 picks up there. One discriminator serves stages 2-4 (it
+    is stored in their checkpoints): the first stage that uses it trains it alone for half its steps
+    (HAE B.4's discriminator warm-up), later stages use it from their first step. Stage 4 draws
+    sigma ~ U(0, noise_tau) per sample (DINO-SAE Eq. 10, tau = 0.8). Every stage uses the same lr
+    (the papers lower it in stage 4; at this scale one rate keeps the recipe short). Other keywords
+    go to train_stage.
+    """
+    if len(steps) != len(STAGES) or any(int(n) < 0 for n in steps):
+        raise ValueError(f"steps={steps!r}: one step count >= 0 per stage {STAGES}")
+    hist, warmed = {}, False
+    for stage, n in zip(STAGES, steps):
+        if n == 0:
+            continue
+        if stage >= 2 and disc is None:
+            disc = DinoDisc(ae.teacher)
+        hist[stage] = train_stage(ae, data, stage, steps=int(n), disc=disc if stage >= 2 else None,
+                                  disc_warmup=0 if warmed else int(n) // 2, noise_tau=noise_tau, out_dir=out_dir,
+                                  seed=seed, progress=progress, **kw)
+        warmed = warmed or stage >= 2
+    return hist

@@ -1,7 +1,9 @@
 """Benchmark: step time, throughput, memory, MFU, and what the sphere costs. `python -m lab.infra.bench`
 
 Defaults: on CUDA sizes S and XL at paper shape (256 tokens x 768 channels, RAE's 2-layer 2048-wide
-DDT head, bf16); on a CPU tiny and S at 16 x 32 with a head twice the base width, fp32.
+DDT head, bf16); on a CPU tiny and S at 16 x 32 with a head twice the base width, fp32. Both kinds
+of step run at one precision, so their ratio is the sphere's cost alone; on CUDA the generator
+trains the spherical path in fp32 by default (lab.train.default_precision): `--precision fp32`.
 Prints, per model size, for the same model and the same batch:
 - the median time of a full training step (batch draw, path, forward, loss, backward, clip,
   AdamW, EMA) for Riemannian FM (slerp path + riemannian loss) and for Euclidean FM (linear path
