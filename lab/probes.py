@@ -403,12 +403,13 @@ def fm_eval_loss(model, x1, y, *, samples=4096, seed=1234, batch=1024, time_dist
 
 
 def width_check(n=32, widths=(8, 32), tokens=4, depth=2, heads=2, steps=600, batch_size=128,
-                lr=2e-3, seed=0, progress=True, device=None):
+                lr=2e-3, seed=0, progress=True, device=None, eval_samples=4096):
     """Train DiTs of several widths to fit ONE latent [tokens, n]; return [dict(width, loss, floor, ...)].
 
     The loss is the per-element FM velocity MSE, normalized by Var(u) = 1 (x0 ~ N(0, I)), measured
-    on 4096 fresh (x0, t) draws after training. `floor` is width_floor(x1, d) (= (n - d)/n here
-    since tokens - 1 <= d); a width >= n model should end far below the narrow one's floor.
+    on `eval_samples` fresh (x0, t) draws after training. `floor` is width_floor(x1, d) (= (n - d)/n
+    here since tokens - 1 <= d); a width >= n model should end far below the narrow one's floor.
+    train_loss_end: the mean training loss of the last 20 steps.
     """
     torch.manual_seed(seed)
     x1 = torch.randn(tokens, n, generator=torch.Generator().manual_seed(seed))
@@ -419,7 +420,8 @@ def width_check(n=32, widths=(8, 32), tokens=4, depth=2, heads=2, steps=600, bat
                               loss="euclidean", time_dist="uniform", shift=False, label_dropout=0.0,
                               steps=steps, batch_size=batch_size, lr=lr, ema_decay=0.0, seed=seed,
                               progress=progress, device=device, precision="fp32")
-        loss = fm_eval_loss(out["model"], x1, 0)
-        rows.append(dict(width=d, n=n, loss=loss, floor=width_floor(x1, d),
-                         floor_isotropic=max(n - d, 0) / n, train_loss_end=sum(out["losses"][-20:]) / 20))
+        loss = fm_eval_loss(out["model"], x1, 0, samples=eval_samples)
+        last = out["losses"][-20:]
+        rows.append(dict(width=d, n=n, loss=loss, floor=width_floor(x1, d), floor_isotropic=max(n - d, 0) / n,
+                         train_loss_end=sum(last) / len(last) if last else float("nan")))
     return rows

@@ -120,11 +120,6 @@ def requires_grad(model, flag=True):
         p.requires_grad_(flag)
 
 
-def count_params(model, trainable_only=False):
-    """Number of parameters (optionally only those with requires_grad)."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
-
-
 # ---------------------------------------------------------------------------------------------
 # Checkpoints
 # ---------------------------------------------------------------------------------------------
@@ -362,6 +357,7 @@ def ddp_setup(device=None):
     Initializes the process group (nccl on CUDA, gloo on CPU) unless one already exists.
     """
     global _WE_INITIALIZED
+    device = device or os.environ.get("LAB_DEVICE") or None  # the one device rule, under torchrun too
     if dist.is_available() and dist.is_initialized():
         rank, world = dist.get_rank(), dist.get_world_size()
     elif int(os.environ.get("WORLD_SIZE", "1")) > 1:

@@ -46,7 +46,6 @@ def test_update_ema_formula_and_requires_grad():
     tu.update_ema(ema, model, decay=0.9)
     torch.testing.assert_close(ema.weight, 0.9 * before + 0.1 * model.weight)
     assert not any(p.requires_grad for p in ema.parameters())
-    assert tu.count_params(model) == 8
 
 
 def test_autocast_is_noop_on_cpu_and_pick_device():
