@@ -181,9 +181,10 @@ def hae(data="photos", n=2048, size=64, stem="conv", align="cosine", steps=100, 
 
     steps: stage 1 (stem + decoder, alignment); stage2_steps (+ GAN), stage3_steps (decoder only),
     stage4_steps (decoder only on z + sigma * eps, sigma ~ U(0, noise_tau): DINO-SAE Eq. 10). A late
-    stage's count defaults to max(1, steps // 5), so a smoke run stays tiny; 0 skips that stage.
+    stage's count defaults to max(1, steps // 10): a GAN-stage step costs about two to three stage-1 steps
+    on a CPU, so the default (100, 10, 10, 10) costs about 1.6x stage 1 alone; 0 skips that stage.
     """
-    late = [max(1, steps // 5) if k is None else int(k) for k in (stage2_steps, stage3_steps, stage4_steps)]
+    late = [max(1, steps // 10) if k is None else int(k) for k in (stage2_steps, stage3_steps, stage4_steps)]
     recipe = dict(kind="hae", data=data, n=n, size=size, stem=stem, align=align, steps=steps,
                   stage_steps=[steps] + late, noise_tau=noise_tau, batch_size=batch_size, lr=lr,
                   lambda_cos=lambda_cos, lpips_weight=lpips_weight, decoder_widths=list(decoder_widths), seed=seed)

@@ -31,7 +31,7 @@ MODULES = {
               ["lab.train.x_step_seed*", "lab.train.x_global_batch*", "lab.train.x_fm_step_loss*",
                "lab.train.x_default_precision*", "lab.train.x_model_autocast*"]),
     "evaluate": ("lab/evaluate.py", ["tests/test_evaluate.py"], None),
-    "metrics": ("lab/metrics.py", ["tests/test_metrics.py"], None),
+    "metrics": ("lab/metrics.py", ["tests/test_metrics.py", "tests/test_metrics_values.py"], None),
     # the probes' numbers, not their plots (figure layout is checked by eye) nor default_distances (real networks)
     "probes": ("lab/probes.py", ["tests/test_probes.py", "tests/test_probe_values.py", "tests/test_dit.py"],
                [f"lab.probes.x_{f}__mutmut_*" for f in (

@@ -102,7 +102,7 @@ def test_zoo_hae_recipe_names_every_stage(tiny_zoo):
                    stage4_steps=0).recipe["stage_steps"] == [10, 0, 0, 0]
 
 
-def test_late_stage_steps_default_to_a_fifth_of_stage_one(tiny_zoo, monkeypatch):
+def test_late_stage_steps_default_to_a_tenth_of_stage_one(tiny_zoo, monkeypatch):
     seen = []
 
     def fake_train_stages(ae, data, steps, **kw):
@@ -110,6 +110,6 @@ def test_late_stage_steps_default_to_a_fifth_of_stage_one(tiny_zoo, monkeypatch)
         return {k: {"loss": [0.0]} for k in (1, 2, 3, 4)}
 
     monkeypatch.setattr(zoo, "train_stages", fake_train_stages)
-    assert zoo.hae(n=4, size=32, steps=12, lpips_weight=0.0).recipe["stage_steps"] == [12, 2, 2, 2]
+    assert zoo.hae(n=4, size=32, steps=25, lpips_weight=0.0).recipe["stage_steps"] == [25, 2, 2, 2]
     assert zoo.hae(n=4, size=32, steps=3, lpips_weight=0.0).recipe["stage_steps"] == [3, 1, 1, 1]
-    assert seen == [[12, 2, 2, 2], [3, 1, 1, 1]]
+    assert seen == [[25, 2, 2, 2], [3, 1, 1, 1]]
