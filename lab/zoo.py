@@ -249,17 +249,19 @@ def encode(ae, x, labels, key, batch_size=64):
                                            cache_root=root() / "latents", progress=False)
 
 
-def generator(latents, labels, *, path="linear", loss="euclidean", radial_weight=0.0, steps=1000,
+def generator(latents, labels, *, path="linear", loss="euclidean", radial_weight=0.0, shift=True, steps=1000,
               batch_size=64, lr=5e-4, size="tiny", model_kw=None, latents_key=None, seed=0, progress=True):
     """A flow-matching generator trained on `latents` (see lab.train.train_generator); returns its EMA model.
 
     latents_key identifies the latents in the recipe (e.g. the autoencoder's recipe and data).
+    shift: the time shift it trains with (flows.resolve_shift), kept on the model as `.shift` so
+    that sampling uses the same setting.
     """
     from lab.dit import dit
     from lab.train import train_generator
 
     recipe = dict(kind="generator", latents=latents_key, shape=list(latents.shape), path=path, loss=loss,
-                  radial_weight=radial_weight, steps=steps, batch_size=batch_size, lr=lr, size=size,
+                  radial_weight=radial_weight, shift=shift, steps=steps, batch_size=batch_size, lr=lr, size=size,
                   model_kw=model_kw or {}, seed=seed)
     folder = recipe_dir("gen", recipe)
     num_classes = int(labels.max()) + 1
@@ -271,13 +273,14 @@ def generator(latents, labels, *, path="linear", loss="euclidean", radial_weight
             _load(folder, {"ema": ema})
             losses = json.loads((folder / "done.json").read_text()).get("losses", [])
         else:
-            out = train_generator(latents, labels, path=path, loss=loss, radial_weight=radial_weight, steps=steps,
+            out = train_generator(latents, labels, path=path, loss=loss, radial_weight=radial_weight, shift=shift,
+                                  steps=steps,
                                   batch_size=batch_size, lr=lr, size=size, model_kw=model_kw, out_dir=str(folder),
                                   ckpt_every=max(steps // 4, 1), ema_decay=min(0.9999, 1 - 10 / steps), seed=seed, progress=progress,
                                   num_classes=num_classes)
             ema, losses = out["ema"], out["losses"]
             _mark_finished(folder, recipe, losses=losses)
-    ema.recipe, ema.losses, ema.num_classes = recipe, losses, num_classes
+    ema.recipe, ema.losses, ema.num_classes, ema.shift = recipe, losses, num_classes, shift
     return ema.eval()
 
 
