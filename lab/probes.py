@@ -409,7 +409,7 @@ def width_check(n=32, widths=(8, 32), tokens=4, depth=2, heads=2, steps=600, bat
     The loss is the per-element FM velocity MSE, normalized by Var(u) = 1 (x0 ~ N(0, I)), measured
     on `eval_samples` fresh (x0, t) draws after training. `floor` is width_floor(x1, d) (= (n - d)/n
     here since tokens - 1 <= d); a width >= n model should end far below the narrow one's floor.
-    train_loss_end: the mean training loss of the last 20 steps.
+    train_loss_end: the mean training loss of the last 20 steps; params: the trained model's size.
     """
     torch.manual_seed(seed)
     x1 = torch.randn(tokens, n, generator=torch.Generator().manual_seed(seed))
@@ -423,5 +423,6 @@ def width_check(n=32, widths=(8, 32), tokens=4, depth=2, heads=2, steps=600, bat
         loss = fm_eval_loss(out["model"], x1, 0, samples=eval_samples)
         last = out["losses"][-20:]
         rows.append(dict(width=d, n=n, loss=loss, floor=width_floor(x1, d), floor_isotropic=max(n - d, 0) / n,
-                         train_loss_end=sum(last) / len(last) if last else float("nan")))
+                         train_loss_end=sum(last) / len(last) if last else float("nan"),
+                         params=out["model"].num_params()))
     return rows

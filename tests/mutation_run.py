@@ -52,6 +52,7 @@ def setup_cfg(source, tests, extra):
              "pytest_add_cli_args_test_selection ="] + [f"    {t}" for t in tests]
     args = ["-x", "-q", "-p", "no:cacheprovider", "-W", "ignore"] + extra
     lines += ["pytest_add_cli_args ="] + [f"    {a}" for a in args]
+    lines += ["also_copy =", "    notebooks"]  # test_claims reads the notebooks' names
     lines += ["process_isolation = fork", "use_git_change_detection = false", "track_dependencies = false", ""]
     return "\n".join(lines)
 
@@ -62,6 +63,7 @@ def prepare(name):
     shutil.rmtree(work, ignore_errors=True)
     (work / "tests").mkdir(parents=True)
     shutil.copytree(ROOT / "lab", work / "lab", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "notebooks", work / "notebooks", ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
     for t in ["tests/conftest.py"] + tests:
         shutil.copy(ROOT / t, work / t)
     shutil.copy(ROOT / "pyproject.toml", work / "pyproject.toml")

@@ -182,12 +182,14 @@ def test_width_floor_formula_monte_carlo():
 def test_width_check_rows_closed_form_at_init():
     """Untrained (lr = 0: the zero-initialised output layer predicts v = 0), the eval loss is
     E(x1 - x0)² per element = 1 + mean(x1²); floors and the mean of the last training losses are wired through."""
-    rows = width_check(n=8, widths=(4, 8), tokens=2, depth=1, heads=1, steps=3, batch_size=16, lr=0.0, seed=3,
+    rows = width_check(n=8, widths=(4, 8), tokens=2, depth=1, heads=2, steps=3, batch_size=16, lr=0.0, seed=3,
                        progress=False, eval_samples=2048)
     x1 = torch.randn(2, 8, generator=torch.Generator().manual_seed(3))
     assert [r["width"] for r in rows] == [4, 8] and all(r["n"] == 8 for r in rows)
     assert [r["floor"] for r in rows] == [width_floor(x1, 4), 0.0]
     assert [r["floor_isotropic"] for r in rows] == [0.5, 0.0]
+    assert [r["params"] for r in rows] == [DiT(8, 2, width=d, depth=1, heads=2, num_classes=1).num_params()
+                                           for d in (4, 8)]
     for r in rows:
         assert r["loss"] == pytest.approx(1 + x1.pow(2).mean().item(), rel=0.05)
         assert r["train_loss_end"] == pytest.approx(r["loss"], rel=0.3)  # 3 steps of 16 draws each

@@ -218,3 +218,11 @@ def test_direction_magnitude_probe_labels_defaults_and_angular_values():
         assert [got[a] for a in anchors] == pytest.approx(expected.tolist(), rel=1e-5)
     with pytest.raises(ValueError, match="^probe="):
         probes.direction_magnitude_probe(Patchify(), images, labels, probes=("shear",))
+
+
+def test_standardize_channels_per_channel():
+    g = torch.Generator().manual_seed(10)
+    z = torch.randn(6, 5, 4, generator=g) * torch.tensor([0.01, 0.1, 3.0, 7.0]) + torch.tensor([1.0, -2.0, 0.0, 5.0])
+    s = probes.standardize_channels(z).reshape(-1, 4)
+    torch.testing.assert_close(s.mean(0), torch.zeros(4), atol=1e-5, rtol=0)
+    torch.testing.assert_close(s.std(0), torch.ones(4), atol=1e-5, rtol=0)
