@@ -134,6 +134,35 @@ def plot_u_curve(df):
     return fig
 
 
+def plot_norm_dip(dip, ax=None):
+    """The norm dip of the linear path x_t = (1-t)·x0 + t·x1: |x_t| against its endpoints' norms.
+
+    dip: probes.linear_path_norm_dip's table. For orthogonal endpoints of equal norm the midpoint
+    sits at 1/√2 of it (dotted line).
+    """
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(4.6, 3.2))
+    ax.plot(dip["t"], dip["rel_nearest_mean"], marker="o", label="‖x_t‖ / ‖nearest endpoint‖")
+    ax.plot(dip["t"], dip["rel_interp_mean"], marker=".", label="‖x_t‖ / interpolated norm")
+    ax.axhline(1 / math.sqrt(2), ls=":", c="0.5", label="1/√2")
+    ax.set_xlim(0, 1)
+    ax.set_xlabel(T_LABEL)
+    ax.set_ylabel("relative token norm (ratio)")
+    ax.set_title("linear-path norm dip", fontsize=9)
+    ax.legend(fontsize=8)
+    if len(fig.axes) == 1:
+        fig.tight_layout()
+    return fig
+
+
+def plot_radial(dip, share, title=None):
+    """The norm dip of the linear path and the radial share along t (spherical FM Fig 4), side by side."""
+    fig, axes = plt.subplots(1, 2, figsize=(9.4, 3.3))
+    plot_norm_dip(dip, ax=axes[0])
+    plot_radial_share(share, ax=axes[1], **({"title": title} if title else {}))
+    fig.tight_layout()
+    return fig
+
+
 def plot_radial_share(share, ax=None, title="radial share of the velocity target"):
     """Spherical FM Fig 4: |radial(u_t)|² / |u_t|² along t per path (mean ± std over samples).
 

@@ -16,7 +16,6 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-import lab  # noqa: F401
 from lab import check_choice, flows
 from lab import geometry as geo
 from lab import metrics
@@ -242,28 +241,6 @@ def radial_share_along_t(z, paths=("linear", "shell", "slerp"), ts=None, seed=0)
             rows.append(dict(path=name, t=float(t), share_mean=share.mean().item(),
                              share_std=share.std().item() if len(share) > 1 else 0.0))
     return pd.DataFrame(rows)
-
-
-def plot_radial(dip=None, share=None):
-    """Norm dip of the linear path and radial share along t, side by side."""
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    if dip is not None:
-        axes[0].plot(dip["t"], dip["rel_nearest_mean"], marker="o", label="|x_t| / |nearest endpoint|")
-        axes[0].plot(dip["t"], dip["rel_interp_mean"], marker=".", label="|x_t| / interpolated norm")
-        axes[0].axhline(1 / math.sqrt(2), ls=":", c="gray", label="1/√2")
-        axes[0].set_xlabel("t (0 = noise, 1 = data)")
-        axes[0].legend(fontsize=8)
-        axes[0].set_title("linear path norm dip")
-    if share is not None:
-        for name, d in share.groupby("path", sort=False):
-            axes[1].plot(d["t"], d["share_mean"], marker="o", label=name)
-        axes[1].set_xlabel("t (0 = noise, 1 = data)")
-        axes[1].set_ylabel("radial share of u_t")
-        axes[1].legend(fontsize=8)
-        axes[1].set_title("radial share along t")
-    fig.tight_layout()
-    return fig
 
 
 # ============================================================================ linear probing

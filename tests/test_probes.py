@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import lab  # noqa: F401
+from lab import figures
 from lab import geometry as geo
 from lab import probes
 
@@ -126,7 +126,7 @@ def test_radial_share_linear_ends_half_slerp_zero():
     assert lin[0.5] < 0.01  # |x1|² = |x0|²: u ⊥ x_t at the midpoint
     assert df[df["path"] == "slerp"]["share_mean"].max() < 1e-8
     assert df[df["path"] == "shell"]["share_mean"].max() < 0.05  # only radius changes are radial
-    fig = probes.plot_radial(probes.linear_path_norm_dip(z[:2], ts=[0, 0.5, 1]), df)
+    fig = figures.plot_radial(probes.linear_path_norm_dip(z[:2], ts=[0, 0.5, 1]), df)
     assert len(fig.axes) == 2
 
 
