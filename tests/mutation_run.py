@@ -31,7 +31,8 @@ MODULES = {
               ["lab.train.x_step_seed*", "lab.train.x_global_batch*", "lab.train.x_fm_step_loss*",
                "lab.train.x_default_precision*", "lab.train.x_model_autocast*"]),
     "evaluate": ("lab/evaluate.py", ["tests/test_evaluate.py"], None),
-    "metrics": ("lab/metrics.py", ["tests/test_metrics.py", "tests/test_metrics_values.py"], None),
+    "metrics": ("lab/metrics.py", ["tests/test_metrics_more.py", "tests/test_metrics.py", "tests/test_metrics_values.py"],
+                None),
     # the probes' numbers, not their plots (figure layout is checked by eye) nor default_distances (real networks)
     "probes": ("lab/probes.py", ["tests/test_probes.py", "tests/test_probe_values.py", "tests/test_dit.py"],
                [f"lab.probes.x_{f}__mutmut_*" for f in (
@@ -39,7 +40,7 @@ MODULES = {
                    "direction_magnitude_probe", "standardize_channels", "norm_stats", "linear_path_norm_dip",
                    "radial_share_along_t", "encode_dataset", "linear_probe_features", "_grid", "pca_rgb",
                    "width_floor", "fm_eval_loss", "width_check")]),
-    "claims": ("lab/claims.py", ["tests/test_claims.py"], None),
+    "claims": ("lab/claims.py", ["tests/test_claims.py", "tests/test_claims_rules.py"], None),
 }
 PYTEST_DESELECT = {  # slow tests the fast selection leaves out (subprocesses; 300 training steps)
     "train": ["-k", "not sigkill and not torchrun"],

@@ -1,0 +1,275 @@
+"""lab.claims, what each rule reports besides its verdict: the exact label, orientation, seeds and
+`judged` flag of every test, the exact note, and the text a report prints. A rule that reads the
+wrong key for a shown-but-not-judged row, flips its sign or mislabels it leaves every verdict
+unchanged, so only these exact rows catch it. (Mutation testing found them unpinned.)
+
+`_recon_rule` builds the two reconstruction rules when lab.claims is imported, so the registry's
+copies never see a change made to it later; the tests below build the rule afresh and call it."""
+import math
+
+import pytest
+
+from lab import claims as C
+
+S, N, R, MIX = C.SUPPORTED, C.NOT_SHOWN, C.REVERSED, C.MIXED
+
+
+def seeded(values, seeds=(0, 1)):
+    """{key: value or [per-seed values]} -> per-seed metrics as the notebooks log them."""
+    m = {}
+    for key, v in values.items():
+        vs = v if isinstance(v, (list, tuple)) else [v] * len(seeds)
+        for s, x in zip(seeds, vs):
+            m[C.seed_key(key, s)] = x
+    return m
+
+
+def rows(tests):
+    return [(t.label, t.judged, t.seeds, t.values) for t in tests]
+
+
+def judged(claim_id, values, **extra):
+    return C.judge(C.BY_ID[claim_id], {**seeded(values), **extra})
+
+
+# ----------------------------------------------------------------------------------------------
+# Verdict strings, intervals, text
+# ----------------------------------------------------------------------------------------------
+
+def test_verdict_strings_are_the_reports_words():
+    assert C.VERDICTS == ("supported", "not shown at this scale", "reversed at this scale",
+                          "mixed (the metrics disagree)", "no run yet", "not measured here",
+                          "no verdict (dirty tree)")
+
+
+def test_no_values_give_no_interval_and_no_verdict():
+    mu, lo, hi = C.interval([])
+    assert math.isnan(mu) and (lo, hi) == (-math.inf, math.inf)
+    assert C.Test("empty", (), ()).verdict == N  # a rule whose keys pair no seed must not be supported
+
+
+def test_interval_level():
+    mu, lo, hi = C.interval([1.0, 3.0], level=0.5)  # t(0.75, 1) = 1, sd √2, n 2: half-width 1
+    assert mu == 2.0 and lo == pytest.approx(1.0, abs=1e-12) and hi == pytest.approx(3.0, abs=1e-12)
+
+
+def test_test_text_exact():
+    t = C.Test("d: a − b", (0, 1), (2.0, 2.0))
+    assert t.text() == "d: a − b: mean 2, seeds [2, 2], 95% CI [2, 2] → supported"
+    info = C.Test("info", (0, 1), (-0.5, -0.5), judged=False)
+    assert info.text() == "info: mean -0.5, seeds [-0.5, -0.5], 95% CI [-0.5, -0.5] (not judged)"
+    one = C.Test("one", (3,), (0.25,))
+    assert one.text() == "one: mean 0.25, seeds [0.25], 95% CI unbounded (1 seed) → not shown at this scale"
+
+
+def test_paired_and_above_keep_label_seeds_and_flag():
+    m = seeded({"a": [3.0, 5.0], "b": [1.0, 2.0]}, seeds=(4, 2))
+    t = C.paired("a vs b", m, "a", "b")
+    assert (t.label, t.seeds, t.values, t.judged) == ("a vs b", (2, 4), (3.0, 2.0), True)
+    u = C.above("a over 1", m, "a", 1.0, judged=False)
+    assert (u.label, u.seeds, u.values, u.judged) == ("a over 1", (2, 4), (4.0, 2.0), False)
+    assert C.above("a over 1", m, "a", 1.0).judged is True
+
+
+def test_distance_tag_of_other_metrics():
+    assert C.distance_tag("LPIPS-vgg") == "lpips" and C.distance_tag("DINO-cos (x)") == "dino"
+    assert C.distance_tag("SSIM (per image)") == "ssim_per_image_"
+    assert C.swap_key("PSNR dB", "whole") == "swap_psnr_db_whole"
+
+
+# ----------------------------------------------------------------------------------------------
+# judge's notes
+# ----------------------------------------------------------------------------------------------
+
+def test_judge_notes_exact():
+    assert C.judge(C.BY_ID["ddt_head"], {}) == ([], C.NOT_MEASURED, "no notebook measures this")
+    assert C.judge(C.BY_ID["shift"], {}) == ([], C.NO_RUN, "not logged: fd_images_riemannian_l0.1, fd_images_noshift")
+    assert C.judge(C.BY_ID["u_curve"], {}) == ([], C.NO_RUN, "the run logs none of the values this rule reads")
+
+
+def test_judge_needs_a_rule_and_a_notebook():
+    """A claim with a notebook but no rule yet (or a rule but no notebook) is not measured."""
+    no_rule = C.Claim("x", C.HAE, "Tab. 0", "s", "n", "05_flow_matching", ())
+    assert C.judge(no_rule, {}) == ([], C.NOT_MEASURED, "no notebook measures this")
+    no_notebook = C.Claim("y", C.HAE, "Tab. 0", "s", "n", "", (), rule=lambda m: ([], S, ""))
+    assert C.judge(no_notebook, {}) == ([], C.NOT_MEASURED, "no notebook measures this")
+
+
+# ----------------------------------------------------------------------------------------------
+# Each rule's rows and note, exactly
+# ----------------------------------------------------------------------------------------------
+
+def test_swap_rows():
+    vals = {}
+    for d, (kept, swapped, whole) in (("lpips", (0.125, 0.5, 0.5)), ("dino", (0.375, 0.25, 1.0))):
+        vals.update({C.swap_key(d, v): x for v, x in zip(C.SWAP_VARIANTS, (kept, swapped, whole))})
+    tests, v, note = judged("swap_asymmetry", vals)
+    assert [(t.label, t.judged, t.seeds) for t in tests] == [
+        ("lpips: 0.5× whole neighbour − (anchor dir + neighbour radius)", True, (0, 1)),
+        ("lpips: (anchor radius + neighbour dir) − 0.75× whole neighbour", True, (0, 1)),
+        ("dino: 0.5× whole neighbour − (anchor dir + neighbour radius)", True, (0, 1)),
+        ("dino: (anchor radius + neighbour dir) − 0.75× whole neighbour", True, (0, 1))]
+    want = [0.25 - 0.125, 0.5 - 0.375, 0.5 - 0.375, 0.25 - 0.75]
+    assert [t.values for t in tests] == [pytest.approx((w, w), abs=1e-12) for w in want]
+    assert (v, note) == (MIX, "")
+
+
+def shares(linear, slerp_max, names=("dino", "vae")):
+    vals = {}
+    for name in names:
+        vals[C.share_key(name, "linear", "start")], vals[C.share_key(name, "linear", "end")] = linear
+        vals[C.share_key(name, "slerp", "max")] = slerp_max
+    return vals
+
+
+def test_radial_share_rows_and_notes():
+    vals = {**shares((0.5, 0.75), 0.0), C.share_key("dino_affine_free", "linear", "start"): 0.5,
+            C.share_key("gae", "linear", "start"): 0.25, C.share_key("gae", "slerp", "max"): 0.0}
+    tests, v, note = judged("radial_share", vals)
+    assert rows(tests) == [
+        ("dino linear share at the noise end − 0.35", True, (0, 1), pytest.approx((0.15, 0.15))),
+        ("dino linear share at the data end − 0.35", True, (0, 1), pytest.approx((0.4, 0.4))),
+        ("vae linear share at the noise end − 0.35", True, (0, 1), pytest.approx((0.15, 0.15))),
+        ("vae linear share at the data end − 0.35", True, (0, 1), pytest.approx((0.4, 0.4)))]
+    assert v == S
+    # only the first standardised latent gets a sanity row (gae's linear share is not reported)
+    assert note == ("dino slerp max share 0 (0 as constructed); vae slerp max share 0 (0 as constructed); "
+                    "gae slerp max share 0 (0 as constructed); sanity, standardised dino_affine_free "
+                    "(norm √C, 0.5 analytically): linear share at the noise end 0.5")
+
+
+def test_radial_share_bug_note():
+    tests, v, note = judged("radial_share", shares((0.5, 0.75), 2e-4, names=("dino",)))
+    assert v == R and note == "dino slerp max share 0.0002 (NOT 0: bug)"
+
+
+def test_probe_rows():
+    vals = {C.probe_key("teacher", "gap"): 0.75, C.probe_key("student", "gap"): 0.5,
+            C.probe_key("teacher", "flatten"): 0.25, C.probe_key("student", "flatten"): 0.875}
+    tests, v, note = judged("probe_teacher_student", vals)
+    assert rows(tests) == [("GAP: student − teacher + 0.03", True, (0, 1), pytest.approx((-0.22, -0.22))),
+                           ("flatten: student − teacher", False, (0, 1), (0.625, 0.625))]
+    assert (v, note) == (R, "")
+
+
+def recon(ours, base, deltas):
+    vals = {}
+    for metric, d in zip(("psnr", "ssim", "lpips"), deltas):
+        vals[C.recon_key(metric, base)] = 0.5
+        vals[C.recon_key(metric, ours)] = 0.5 + d
+    return vals
+
+
+@pytest.mark.parametrize("ours, base", [("conv_cosine", "patch_cosine"), ("conv_cosine", "conv_mse")])
+@pytest.mark.parametrize("deltas, want", [
+    ((0.25, 0.125, -0.0625), S),
+    ((0.25, 0.125, 0.0625), MIX),     # LPIPS is lower-is-better: higher LPIPS goes against ours
+    ((-0.25, 0.125, -0.0625), MIX),
+    ((0.25, -0.125, -0.0625), MIX),
+    ((0.25, 0.0, -0.0625), N),
+    ((-0.25, -0.125, 0.0625), R),
+])
+def test_recon_rule_built_afresh(ours, base, deltas, want):
+    rule = C._recon_rule(ours, base)
+    tests, v, note = rule(seeded(recon(ours, base, deltas)))
+    d_psnr, d_ssim, d_lpips = deltas
+    assert rows(tests) == [
+        (f"psnr: {ours} vs {base} (higher is better)", True, (0, 1), (d_psnr, d_psnr)),
+        (f"ssim: {ours} vs {base} (higher is better)", True, (0, 1), (d_ssim, d_ssim)),
+        (f"lpips: {ours} vs {base} (lower is better)", True, (0, 1), (-d_lpips, -d_lpips))]
+    assert v == want and note == "rFID not measured (too few images at CPU size)"
+    # the registry's rules are the same function of the same keys
+    claim = {"patch_cosine": "stem_vs_patch", "conv_mse": "cosine_vs_mse"}[base]
+    assert C.judge(C.BY_ID[claim], seeded(recon(ours, base, deltas)))[1:] == (v, note)
+
+
+def test_euclid_riemann_rows():
+    r = C.lambda_config(0.1)
+    vals = {C.fd_key("images", r): 30.0, C.fd_key("images", "euclidean"): 40.0,
+            C.fd_key("tokens", r): 2.5, C.fd_key("tokens", "euclidean"): 2.0}
+    tests, v, note = judged("euclid_vs_riemann", vals)
+    assert rows(tests) == [("FD-effnet: euclidean − riemannian λ=0.1", True, (0, 1), (10.0, 10.0)),
+                           ("FD-tokens: euclidean − riemannian λ=0.1", False, (0, 1), (-0.5, -0.5))]
+    assert (v, note) == (S, "")
+
+
+def test_lambda_rows():
+    vals = {C.fd_key("images", C.lambda_config(x)): f for x, f in ((0.0, 4.5), (0.1, 4.0), (1.0, 5.75))}
+    tests, v, note = judged("lambda_sweep", vals)
+    assert rows(tests) == [("FD-effnet: λ=0.0 − λ=0.1", True, (0, 1), (0.5, 0.5)),
+                           ("FD-effnet: λ=1.0 − λ=0.1", True, (0, 1), (1.75, 1.75))]
+    assert (v, note) == (S, "")
+
+
+def test_sampler_rows():
+    vals = {C.sampler_key("images", "euler_project"): 20.0, C.sampler_key("images", "expmap"): 21.5,
+            C.sampler_key("tokens", "euler_project"): 2.5, C.sampler_key("tokens", "expmap"): 2.0}
+    tests, v, note = judged("sampler", vals)
+    assert rows(tests) == [("FD-effnet: exp map − Euler+projection", True, (0, 1), (1.5, 1.5)),
+                           ("FD-tokens: exp map − Euler+projection", True, (0, 1), (-0.5, -0.5))]
+    assert (v, note) == (MIX, "the λ = 0.1 generator (its radial output trained), sample_steps steps")
+
+
+def test_u_curve_rows():
+    vals = {C.u_key("hae", "fd_low"): 30.0, C.u_key("hae", "fd_best_interior"): 8.0, C.u_key("hae", "fd_high"): 7.5,
+            C.u_key("gae", "fd_low"): 9.0, C.u_key("gae", "fd_best_interior"): 8.0, C.u_key("gae", "fd_high"): 10.0}
+    tests, v, note = judged("u_curve", vals)
+    assert rows(tests) == [("hae: FD at the low scale − best interior FD", True, (0, 1), (22.0, 22.0)),
+                           ("hae: FD at the high scale − best interior FD", True, (0, 1), (-0.5, -0.5)),
+                           ("gae: FD at the low scale − best interior FD", False, (0, 1), (1.0, 1.0)),
+                           ("gae: FD at the high scale − best interior FD", False, (0, 1), (2.0, 2.0))]
+    assert v == MIX
+    assert note == "judged on the HAE student where measured (the paper's setting), else GAE"
+
+
+def test_noise_rows():
+    vals = {C.noise_key("psnr_clean", "clean_trained"): 30.0, C.noise_key("psnr_clean", "noise_trained"): 29.5,
+            C.noise_key("psnr_noisy", "clean_trained"): 15.0, C.noise_key("psnr_noisy", "noise_trained"): 22.0,
+            C.noise_key("fd_images", "clean_trained"): 50.0, C.noise_key("fd_images", "noise_trained"): 52.0}
+    tests, v, note = judged("noise_tradeoff", vals)
+    assert rows(tests) == [
+        ("PSNR at the largest σ: noise-trained − clean-trained", True, (0, 1), (7.0, 7.0)),
+        ("PSNR on clean latents: noise-trained − clean-trained + 1.0 dB", True, (0, 1), (0.5, 0.5)),
+        ("generation FD-effnet: clean-trained − noise-trained decoder", True, (0, 1), (-2.0, -2.0))]
+    assert (v, note) == (MIX, "")
+
+
+def test_width_rows_with_three_narrow_widths():
+    """The wide widths are compared with the floor of the widest narrow one (d=12 of 4, 8, 12)."""
+    n = 16
+    vals = {}
+    for w, loss in {4: 0.75, 8: 0.5, 12: 0.25, 16: 0.375, 32: 0.125}.items():
+        vals[C.width_key("loss", w)], vals[C.width_key("floor", w)] = loss, max(n - w, 0) / n
+    tests, v, note = judged("width_check", vals, token_dim=n)
+    assert [(t.label, t.judged, t.seeds) for t in tests] == [
+        ("d=4: loss − 0.9·floor (held at the floor)", True, (0, 1)),
+        ("d=8: loss − 0.9·floor (held at the floor)", True, (0, 1)),
+        ("d=12: loss − 0.9·floor (held at the floor)", True, (0, 1)),
+        ("d=16: floor at d=12 − loss (below it)", True, (0, 1)),
+        ("d=32: floor at d=12 − loss (below it)", True, (0, 1))]
+    want = [0.75 - 0.675, 0.5 - 0.45, 0.25 - 0.225, 0.25 - 0.375, 0.25 - 0.125]
+    assert [t.values for t in tests] == [pytest.approx((w, w), abs=1e-12) for w in want]
+    assert (v, note) == (MIX, "n=16")  # d=16 above the floor at d=12 (0.25), though below d=8's (0.5)
+
+
+def test_shift_rows():
+    vals = {C.fd_key("images", C.lambda_config(0.1)): 4.75, C.fd_key("images", "noshift"): 23.0}
+    tests, v, note = judged("shift", vals)
+    assert rows(tests) == [("FD-effnet: no shift − shift (λ = 0.1)", True, (0, 1), (18.25, 18.25))]
+    assert (v, note) == (S, "")
+
+
+def test_gae_alignment_rows():
+    vals = {}
+    for a, probe, psnr in (("pre", 0.25, 27.0), ("post", 0.5, 26.5), ("latent", 0.625, 26.0)):
+        vals[C.gae_key(a, "probe_gap")], vals[C.gae_key(a, "psnr")] = probe, psnr
+    tests, v, note = judged("gae_alignment", vals)
+    assert rows(tests) == [("probe: latent − pre", True, (0, 1), (0.375, 0.375)),
+                           ("probe: latent − post", True, (0, 1), (0.125, 0.125)),
+                           ("PSNR: pre − latent (pre reconstructs slightly better)", True, (0, 1), (1.0, 1.0))]
+    assert (v, note) == (S, "")
+
+
+def test_per_seed_renames_every_key():
+    assert C.per_seed({"fd_images_euclidean": 40.0, "token_dim": 16}, 3.0) == {
+        "fd_images_euclidean_seed3": 40.0, "token_dim_seed3": 16}
