@@ -130,11 +130,15 @@ def lpips_distance(x, y, net="alex", batch_size=64, device=None):
     _check_images(x, y)
     dev = pick_device(device)
     model = _cached(f"lpips-{net}", lambda: feature_nets.lpips_net(net), dev)
+    return _per_pair(lambda a, b: model(a * 2 - 1, b * 2 - 1).flatten(), x, y, batch_size, dev)
+
+
+def _per_pair(fn, x, y, batch_size, dev):
+    """fn(a, b) over matching batches of x and y, in fp32 on dev; per-image values back on x's device."""
     out = []
     for i in range(0, len(x), batch_size):
         with _inference(dev, amp=False):
-            a, b = x[i:i + batch_size].to(dev).float() * 2 - 1, y[i:i + batch_size].to(dev).float() * 2 - 1
-            out.append(model(a, b).flatten())
+            out.append(fn(x[i:i + batch_size].to(dev).float(), y[i:i + batch_size].to(dev).float()))
     return torch.cat(out).to(x.device)
 
 
@@ -247,13 +251,11 @@ def dino_distance(x, y, name="dinov2_s_imgfocus", size=224, batch_size=64, devic
     _check_images(x, y)
     dev = pick_device(device)
     model = _cached(f"vit-{name}", lambda: encoders.vit(name), dev)
-    out = []
-    for i in range(0, len(x), batch_size):
-        with _inference(dev, amp=False):
-            fx = encoders.patch_tokens(model, x[i:i + batch_size].to(dev).float(), size=size)
-            fy = encoders.patch_tokens(model, y[i:i + batch_size].to(dev).float(), size=size)
-            out.append((1 - F.cosine_similarity(fx, fy, dim=-1)).mean(1))
-    return torch.cat(out).to(x.device)
+
+    def token_distance(a, b):
+        fa, fb = encoders.patch_tokens(model, a, size=size), encoders.patch_tokens(model, b, size=size)
+        return (1 - F.cosine_similarity(fa, fb, dim=-1)).mean(1)
+    return _per_pair(token_distance, x, y, batch_size, dev)
 
 
 def inception_features(images01, path, batch_size=64, device=None):
