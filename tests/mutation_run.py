@@ -65,7 +65,7 @@ def prepare(name):
     (work / "tests").mkdir(parents=True)
     shutil.copytree(ROOT / "lab", work / "lab", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(ROOT / "notebooks", work / "notebooks", ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
-    for t in ["tests/conftest.py"] + tests:
+    for t in ["tests/conftest.py", "tests/stand_ins.py"] + tests:  # stand_ins: helpers the tests share
         shutil.copy(ROOT / t, work / t)
     shutil.copy(ROOT / "pyproject.toml", work / "pyproject.toml")
     (work / "setup.cfg").write_text(setup_cfg(source, tests, PYTEST_DESELECT.get(name, [])))

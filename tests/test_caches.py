@@ -51,10 +51,9 @@ def _save_many(ckpt_dir, seed, barrier, rounds, errors):
         barrier.abort()
 
 
-def test_two_processes_saving_the_same_step_at_once(tmp_path):
-    ckpt_dir = str(tmp_path / "ckpt")
-    rounds, barrier, errors = 60, CTX.Barrier(2, timeout=60), CTX.Queue()
-    procs = [CTX.Process(target=_save_many, args=(ckpt_dir, seed, barrier, rounds, errors)) for seed in (1, 2)]
+def _run_two(target, args_per_process, errors):
+    """Start one process per args tuple, wait for all (120 s each), return (processes, errors they queued)."""
+    procs = [CTX.Process(target=target, args=args) for args in args_per_process]
     for p in procs:
         p.start()
     for p in procs:
@@ -62,6 +61,13 @@ def test_two_processes_saving_the_same_step_at_once(tmp_path):
     found = []
     while not errors.empty():
         found.append(errors.get())
+    return procs, found
+
+
+def test_two_processes_saving_the_same_step_at_once(tmp_path):
+    ckpt_dir = str(tmp_path / "ckpt")
+    rounds, barrier, errors = 60, CTX.Barrier(2, timeout=60), CTX.Queue()
+    procs, found = _run_two(_save_many, [(ckpt_dir, seed, barrier, rounds, errors) for seed in (1, 2)], errors)
     assert not found, found
     assert all(p.exitcode == 0 for p in procs)
     names = sorted(os.listdir(ckpt_dir))
@@ -233,14 +239,7 @@ def _read_cache(root, calls, errors):
 def test_two_processes_reading_cached_latents_at_once(tmp_path):
     _encode(tmp_path)
     errors = CTX.Queue()
-    procs = [CTX.Process(target=_read_cache, args=(tmp_path, 150, errors)) for _ in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(120)
-    found = []
-    while not errors.empty():
-        found.append(errors.get())
+    procs, found = _run_two(_read_cache, [(tmp_path, 150, errors)] * 2, errors)
     assert not found, f"{len(found)} failed reads, first: {found[0]}"
 
 

@@ -7,19 +7,10 @@ from pathlib import Path
 import pytest
 
 from lab import claims as C
+from stand_ins import seeded
 
 S, N, R, MIX = C.SUPPORTED, C.NOT_SHOWN, C.REVERSED, C.MIXED
 NOTEBOOKS = {p.stem for p in (Path(__file__).resolve().parents[1] / "notebooks").glob("[0-9][0-9]_*.ipynb")}
-
-
-def seeded(values, seeds=(0, 1, 2)):
-    """{key: value or [per-seed values]} -> metrics as the notebooks log them (seed_key per seed)."""
-    m = {}
-    for key, v in values.items():
-        vs = v if isinstance(v, (list, tuple)) else [v] * len(seeds)
-        for s, x in zip(seeds, vs):
-            m[C.seed_key(key, s)] = x
-    return m
 
 
 def verdict(claim_id, values, **extra):

@@ -5,23 +5,18 @@ unchanged, so only these exact rows catch it. (Mutation testing found them unpin
 
 `_recon_rule` builds the two reconstruction rules when lab.claims is imported, so the registry's
 copies never see a change made to it later; the tests below build the rule afresh and call it."""
+import functools
 import math
 
 import pytest
 
 from lab import claims as C
+import stand_ins
 
 S, N, R, MIX = C.SUPPORTED, C.NOT_SHOWN, C.REVERSED, C.MIXED
 
 
-def seeded(values, seeds=(0, 1)):
-    """{key: value or [per-seed values]} -> per-seed metrics as the notebooks log them."""
-    m = {}
-    for key, v in values.items():
-        vs = v if isinstance(v, (list, tuple)) else [v] * len(seeds)
-        for s, x in zip(seeds, vs):
-            m[C.seed_key(key, s)] = x
-    return m
+seeded = functools.partial(stand_ins.seeded, seeds=(0, 1))  # two seeds unless a test names others
 
 
 def rows(tests):

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from lab import figures
 from lab import geometry as geo
 from lab import probes
+from stand_ins import Patchify, mse
 
 matplotlib.use("Agg")
 
@@ -56,21 +57,6 @@ def test_component_swap_variants():
     assert torch.allclose(a_rad_n_dir.norm(dim=-1), za.norm(dim=-1), rtol=1e-5)
     assert torch.allclose(cos(a_rad_n_dir, zn), ones, atol=1e-6)
     assert torch.equal(whole, zn)
-
-
-class Patchify:
-    """Lossless stand-in autoencoder: 4x4 pixel patches as tokens (16x16 image -> 16 tokens of 48)."""
-    grid = (4, 4)
-
-    def encode(self, x):
-        return F.pixel_unshuffle(x, 4).flatten(2).transpose(1, 2)
-
-    def decode(self, z):
-        return F.pixel_shuffle(z.transpose(1, 2).reshape(len(z), 48, 4, 4), 4)
-
-
-def mse(a, b):
-    return (a - b).pow(2).flatten(1).mean(1)
 
 
 def test_direction_magnitude_probe_long_form():

@@ -1,0 +1,30 @@
+"""Stand-ins several test files share: a lossless linear autoencoder, per-image MSE, seeded metrics."""
+import torch
+import torch.nn.functional as F
+
+from lab import claims
+
+
+class Patchify(torch.nn.Module):
+    """Lossless and linear: 4x4 pixel patches as tokens (16x16 image -> 16 tokens of 48), no clamp."""
+    grid = (4, 4)
+
+    def encode(self, x):
+        return F.pixel_unshuffle(x, 4).flatten(2).transpose(1, 2)
+
+    def decode(self, z):
+        return F.pixel_shuffle(z.transpose(1, 2).reshape(len(z), 48, 4, 4), 4)
+
+
+def mse(a, b):
+    return (a - b).pow(2).flatten(1).mean(1)
+
+
+def seeded(values, seeds=(0, 1, 2)):
+    """{key: value or [per-seed values]} -> metrics as the notebooks log them (seed_key per seed)."""
+    m = {}
+    for key, v in values.items():
+        vs = v if isinstance(v, (list, tuple)) else [v] * len(seeds)
+        for s, x in zip(seeds, vs):
+            m[claims.seed_key(key, s)] = x
+    return m
