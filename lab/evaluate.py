@@ -8,7 +8,7 @@ Two views of the same samples, so a reader can tell a generator problem from a d
 """
 import torch
 
-from lab import metrics, samplers
+from lab import class_agreement, metrics, samplers
 from lab import geometry as geo
 
 
@@ -56,10 +56,14 @@ def decode_batched(ae, z, batch_size=128, device=None):
 decode = decode_batched  # the name notebooks 06 and 07 use
 
 
-def token_fd(real, fake):
-    """Fréchet distance between token clouds [M, N, C] -> tokens as samples in R^C."""
-    r, f = real.reshape(-1, real.shape[-1]).double().numpy(), fake.reshape(-1, fake.shape[-1]).double().numpy()
-    return metrics.fd_from_features(r, f)["value"]
+def token_fd(real, fake, device=None):
+    """Fréchet distance between token clouds [M, N, C] -> tokens as samples in R^C.
+
+    Mean and covariance are running float64 moments in torch on `device` (default: the lab's device,
+    pick_device, so the GPU when there is one, wherever the latents are), a chunk of tokens at a
+    time: the M·N tokens never become one float64 array. Only the C x C formula runs in numpy.
+    """
+    return metrics.frechet_distance(*metrics.mean_cov(real, device), *metrics.mean_cov(fake, device))
 
 
 def norm_summary(z):
@@ -68,17 +72,35 @@ def norm_summary(z):
     return dict(norm_mean=float(n.mean()), norm_cv=float(n.std() / n.mean()))
 
 
-def quality(ae, fake_latents, real_latents, real_feats, *, decode_radius=None, features="effnet"):
-    """FD-tokens against real latents, FD on `features` of decoded samples against real images, norm stats.
+def quality(ae, fake_latents, real_latents, real_feats, *, decode_radius=None, features="effnet", feature_size=224,
+            classifier=None, requested=None):
+    """FD-tokens against real latents, FD on `features` of decoded samples against real images, norm stats,
+    and (with a classifier) class agreement.
 
-    real_feats: features of the real images, `metrics.extract_features(images, features)`, computed
-    once by the caller since every configuration compares against the same set.
+    real_feats: features of the real images at `feature_size` px, computed once by the caller since
+    every configuration compares against the same set. classifier / requested: a
+    lab.class_agreement classifier on the same features and the class each sample was asked for;
+    the samples' features are computed once and serve both the FD and the agreement.
     """
     z = fake_latents if decode_radius is None else geo.to_sphere(fake_latents, decode_radius)
     images = decode_batched(ae, z)
-    fake_feats = metrics.extract_features(images, features)
+    fake_feats = metrics.extract_features(images, features, size=feature_size)
     fd = metrics.fd_from_features(real_feats, fake_feats, metrics.FD_NAMES[features], metrics.NETWORKS[features])
     out = dict(fd_tokens=token_fd(real_latents, fake_latents), fd_images=fd["value"], fd_name=fd["name"],
                fd_network=fd["network"], n=len(fake_latents))
     out.update(norm_summary(fake_latents))
+    if classifier is not None:
+        out["class_agreement"] = class_agreement.agreement(classifier, fake_feats, requested)
     return out, images
+
+
+def sample_quality(gen, ae, n, real_latents, real_feats, *, method, steps, prior, cfg_scale=1.0, seed=0,
+                   feature_size=224, classifier=None):
+    """Sample n latents from `gen` (classes cycling), decode them and score them: `quality` with the
+    class agreement against the requested classes when a classifier is given. Returns
+    (quality dict, decoded images, requested labels)."""
+    fake, asked = generate(gen, n, real_latents.shape[1:], method=method, steps=steps, prior=prior,
+                           cfg_scale=cfg_scale, shift=getattr(gen, "shift", True), seed=seed)
+    q, images = quality(ae, fake, real_latents, real_feats, feature_size=feature_size, classifier=classifier,
+                        requested=asked)
+    return q, images, asked

@@ -68,6 +68,52 @@ def gallery(rows, reference=None, n=8):
     return fig
 
 
+def class_mosaic(images, labels, num_classes, n=6, pad=2):
+    """One image [3, rows·(H+pad), n·(W+pad)] holding n samples of each class, one row per class
+    (class c in row c; a class with fewer than n samples leaves its row's tail blank)."""
+    _, c, h, w = images.shape
+    out = torch.ones(c, num_classes * (h + pad), n * (w + pad))
+    for k in range(num_classes):
+        for j, img in enumerate(images[labels == k][:n]):
+            out[:, k * (h + pad):k * (h + pad) + h, j * (w + pad):j * (w + pad) + w] = img.float().clamp(0, 1)
+    return out
+
+
+def class_gallery(panels, num_classes, n=6, class_names=None):
+    """Side-by-side panels (name -> (images, labels)), each one row per class with n samples of it."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(0.55 * n * len(panels) + 0.6, 0.6 * num_classes + 0.6),
+                             squeeze=False)
+    for ax, (name, (imgs, labels)) in zip(axes[0], panels.items()):
+        show_image(ax, class_mosaic(imgs, labels, num_classes, n), name)
+    if class_names:
+        h = class_mosaic(*next(iter(panels.values())), num_classes, n).shape[1] / num_classes
+        axes[0, 0].set_yticks([(k + 0.5) * h for k in range(num_classes)], class_names, fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_agreement(df, real, ceiling, chance):
+    """Class agreement per generator configuration, with and without CFG (bars at the seed mean,
+    one dot per seed), beside the classifier's accuracy on real held-out images, the same images
+    through the autoencoder (the decoder's ceiling) and chance."""
+    fig, ax = plt.subplots(figsize=(7, 0.5 * df["config"].nunique() + 1.6))
+    configs = list(dict.fromkeys(df["config"]))
+    for i, (guided, d) in enumerate(df.groupby("guidance", sort=False)):
+        mean = d.groupby("config", sort=False)["class_agreement"].mean().reindex(configs)
+        y = [configs.index(c) + 0.2 * (1 - 2 * i) for c in configs]
+        ax.barh(y, mean.values, height=0.38, color=f"C{i}", label=guided)
+        ax.plot(d["class_agreement"], [configs.index(c) + 0.2 * (1 - 2 * i) for c in d["config"]], "k.", ms=4)
+    ax.set_yticks(range(len(configs)), configs)
+    for x, name, ls in ((real, "real held-out images", "-"), (ceiling, "decoder ceiling", "--"),
+                        (chance, "chance", ":")):
+        ax.axvline(x, color="0.3", ls=ls, lw=1, label=f"{name} {x:.2f}")
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("class agreement (fraction labelled as the requested class)")
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
 @torch.no_grad()
 def swap_gallery(ae, images, labels, n=6, seed=0):
     """Anchor, neighbour, and the decodes of the three component swaps, for n same-class pairs."""

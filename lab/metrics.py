@@ -281,13 +281,15 @@ def _feature_fn(kind, inception_path=None, device=None):
     return _inception_fn(inception_path, device)
 
 
-def extract_features(images01, kind="effnet", inception_path=None, batch_size=64, device=None):
-    """Features [n, d] of images (on the CPU) for a distribution metric: 'effnet' | 'dino' | 'inception'."""
+def extract_features(images01, kind="effnet", inception_path=None, batch_size=64, device=None, size=224):
+    """Features [n, d] of images (on the CPU) for a distribution metric: 'effnet' | 'dino' | 'inception'.
+
+    size: the resolution effnet and dino see (inception always resizes to 299 itself)."""
     _check_features(kind, inception_path)
     if kind == "effnet":
-        return effnet_features(images01, batch_size=batch_size, device=device)
+        return effnet_features(images01, size=size, batch_size=batch_size, device=device)
     if kind == "dino":
-        return dino_features(images01, batch_size=batch_size, device=device)
+        return dino_features(images01, size=size, batch_size=batch_size, device=device)
     return inception_features(images01, inception_path, batch_size=batch_size, device=device)
 
 

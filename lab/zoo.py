@@ -11,12 +11,13 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from lab import encoders
+from lab import class_agreement, encoders
 from lab import data as datasets
 from lab.infra import cache, latent_cache, safe_files
-from lab import check_choice, metrics, runs, trainutil
+from lab import check_choice, runs, trainutil
 from lab.autoencoders.decoder import ConvDecoder
 from lab.autoencoders.gae import GAE
 from lab.autoencoders.hae import HAE
@@ -37,7 +38,7 @@ def recipe_dir(name, recipe):
     return root() / f"{name}-{hashlib.sha1(blob.encode()).hexdigest()[:10]}"
 
 
-def _lock(folder):
+def lock(folder):
     """The recipe's inter-process lock: two notebooks (or a two-point lab.infra.batch sweep) asking
     for one recipe at once: the first trains, the second waits here, then loads the same weights."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -91,7 +92,7 @@ def _load(folder, modules, sub="checkpoints"):
 def _train_or_load(name, recipe, ae, train, sub="checkpoints"):
     """Load the finished weights of `recipe`, or call train(out_dir) -> history and mark it finished."""
     folder = recipe_dir(name, recipe)
-    with _lock(folder):
+    with lock(folder):
         if _finished(folder):
             _load(folder, ae.checkpoint_modules(), sub)
         else:
@@ -216,7 +217,7 @@ def spherical_vae(data="fashion", n=2048, size=64, latent_dim=32, vae_steps=300,
     folder = recipe_dir("sphvae", recipe)
     torch.manual_seed(seed)
     vae = KLVAE(image_size=size, latent_dim=latent_dim, decoder_widths=decoder_widths)
-    with _lock(folder):  # a second caller waits, then loads
+    with lock(folder):  # a second caller waits, then loads
         if _finished(folder):
             _load(folder / "vae", vae.checkpoint_modules())
             svae = SphericalVAE(vae)
@@ -244,9 +245,11 @@ def spherical_vae(data="fashion", n=2048, size=64, latent_dim=32, vae_steps=300,
 def encode(ae, x, labels, key, batch_size=64):
     """Latents of images x under `ae`, cached under runs/_zoo/latents keyed by `key` (a dict)."""
     ds = torch.utils.data.TensorDataset(x, labels)
+    dev = next(ae.parameters()).device  # batches go to the model (fp32 latents on every device)
     with torch.no_grad():
         return latent_cache.cached_latents(lambda im: ae.encode(im).float(), ds, key, batch_size=batch_size,
-                                           cache_root=root() / "latents", progress=False)
+                                           cache_root=root() / "latents", progress=False, dtype="fp32",
+                                           device=dev)
 
 
 def generator(latents, labels, *, path="linear", loss="euclidean", radial_weight=0.0, shift=True, steps=1000,
@@ -265,7 +268,7 @@ def generator(latents, labels, *, path="linear", loss="euclidean", radial_weight
                   model_kw=model_kw or {}, seed=seed)
     folder = recipe_dir("gen", recipe)
     num_classes = int(labels.max()) + 1
-    with _lock(folder):  # a second caller waits, then loads
+    with lock(folder):  # a second caller waits, then loads
         if _finished(folder):
             torch.manual_seed(seed)
             ema = dit(size, in_dim=latents.shape[-1], num_tokens=latents.shape[1], num_classes=num_classes,
@@ -345,13 +348,36 @@ def latents(name, x, *, data="fashion", n=2048, size=64, gae_steps=300, vae_step
         return torch.cat([ae.encode(x[i:i + 64]).float() for i in range(0, len(x), 64)])
 
 
-def generation_data(kind, *, data="fashion", n=2048, size=64, steps=300, n_test=200, data_root=None, seed=0):
-    """What a generator comparison needs, shared by notebooks 05 and 06: (autoencoder, its latents
-    key, train latents, train labels, held-out images, held-out latents, their EfficientNet features).
+def real_features(x, key, size=64):
+    """EfficientNet-Lite0 features (class_agreement.image_features at `size` px) of real images x, saved
+    once under runs/_zoo/features-<hash>/ keyed by `key` (a dict naming the images: data set, split, n,
+    image size): every notebook, configuration and seed compares against one featurisation."""
+    folder = recipe_dir("features", dict(key, feature_size=size))
+    path = folder / "features.npy"
+    with lock(folder):
+        if path.is_file():
+            try:
+                return np.load(path)
+            except (ValueError, OSError) as err:  # a cut file: say so, then rebuild it
+                safe_files.set_aside(path, f"unreadable ({err})")
+        feats = class_agreement.image_features(x, size=size)
+        tmp = folder / "features.tmp.npy"
+        np.save(tmp, feats)
+        tmp.replace(path)
+    return feats
+
+
+def generation_data(kind, *, data="fashion", n=2048, size=64, steps=1500, n_test=1000, feature_size=64,
+                    data_root=None, seed=0):
+    """What a generator comparison needs, shared by notebooks 05 and 06, as a dict: the autoencoder
+    `ae`, its latents `key`, train latents `z` and `labels`, held-out images `x_test` / `y_test` and
+    latents `z_test`, the held-out images' EfficientNet features `real_feats` (at `feature_size` px,
+    the FD reference), and `classifier` (class_agreement, fitted on the training images' features)
+    with its accuracy on the held-out images `real_accuracy`.
     kind: 'gae' | 'sphvae' (zoo.autoencoder) or 'hae' (the four-stage HAE student, `steps` stage-1 steps).
 
     One autoencoder per data set (seed `seed`); latents are encoded once and cached; the real-image
-    features are computed once for every configuration compared against them.
+    features are computed once per data set and cached for every configuration compared against them.
     """
     if kind == "hae":  # free-norm latents: the four-stage HAE student trained on the same data
         ae = hae(data=data, n=n, size=size, steps=steps, data_root=data_root, seed=seed)
@@ -360,6 +386,11 @@ def generation_data(kind, *, data="fashion", n=2048, size=64, steps=300, n_test=
         ae, key = autoencoder(kind, data=data, n=n, size=size, steps=steps, data_root=data_root, seed=seed)
     x, y = images(data, n=n, size=size, root=data_root)
     z, labels = encode(ae, x, y, key)
-    x_test, _ = images(data, n=n_test, size=size, split="test", root=data_root)
-    z_test, _ = encode(ae, x_test, torch.zeros(len(x_test), dtype=torch.long), dict(key, split="test"))
-    return ae, key, z, labels, x_test, z_test, metrics.extract_features(x_test, "effnet")
+    x_test, y_test = images(data, n=n_test, size=size, split="test", root=data_root)
+    z_test, _ = encode(ae, x_test, y_test, dict(key, split="test"))
+    images_key = _with_root(dict(data=data, size=size), data_root)
+    train_feats = real_features(x, dict(images_key, split="train", n=n), feature_size)
+    real_feats = real_features(x_test, dict(images_key, split="test", n=n_test), feature_size)
+    ref = class_agreement.reference(train_feats, y, real_feats, y_test)
+    return dict(ae=ae, key=key, z=z, labels=labels, x_test=x_test, y_test=y_test, z_test=z_test,
+                real_feats=real_feats, feature_size=feature_size, **ref)

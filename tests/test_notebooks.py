@@ -28,12 +28,12 @@ SMOKE = {
     "03_linear_probe": dict(n_train=32, hae_steps=2, probe_train=60, probe_test=40, seeds=2),
     "04_pca_maps": dict(n_train=32, hae_steps=2, n_images=2),
     "05_flow_matching": dict(n_train=64, ae_steps=3, gen_steps=4, batch_size=16, width=32, depth=1,
-                             sampler_steps=[2], sample_steps=2, n_samples=24, seeds=2),
+                             sampler_steps=[2], sample_steps=2, n_samples=24, n_nocfg=8, feature_size=32, seeds=2),
     "06_decoder_scale": dict(n_train=64, ae_steps=3, gen_steps=4, batch_size=16, width=32, depth=1, hae_steps=2,
-                             sample_steps=2, scales=[0.5, 1.0, 2.0], n_samples=24, seeds=2),
+                             sample_steps=2, scales=[0.5, 1.0, 2.0], n_samples=24, feature_size=32, seeds=2),
     "07_ae_ablations": dict(n_train=32, n_eval=24, hae_steps=2, rae_steps=3, sigmas=[0.0, 0.5], gae_steps=3,
                             gae_aligns=["pre", "post", "latent"], probe_train=60, probe_test=40, gen_steps=4, n_gen=24,
-                            sample_steps=2, seeds=2),
+                            sample_steps=2, feature_size=32, seeds=2),
     "08_width": dict(widths=[4, 8], token_dim=8, steps=20, batch_size=32, seeds=2),
 }
 

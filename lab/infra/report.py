@@ -213,6 +213,37 @@ def claims_frame(evaluated):
     } for e in evaluated])
 
 
+def agreement_summary(table):
+    """A run's class_agreement table -> one row per (configuration, guidance): mean, per-seed values, n."""
+    rows = []
+    for (config, guidance), d in table.groupby(["config", "guidance"], sort=False):
+        vals = d.sort_values("seed")
+        rows.append({"samples of": config, "guidance": guidance, "seeds": len(vals),
+                     "class agreement (mean)": _g(vals["class_agreement"].mean()),
+                     "per seed": ", ".join(_g(v) for v in vals["class_agreement"]), "n per seed": int(vals["n"].iloc[0])})
+    import pandas as pd
+    return pd.DataFrame(rows)
+
+
+def agreement_section(latest):
+    """'Do the generators generate?': every latest run that logged a class_agreement table."""
+    lines = []
+    for exp, rows in latest.items():
+        for r in rows:
+            if "class_agreement" not in r.tables():
+                continue
+            if not lines:
+                lines = ["", "## Do the generators generate? Class agreement", "",
+                         "A logistic regression on EfficientNet-Lite0 features, fitted on real training images, "
+                         "labels each decoded sample; class agreement is the fraction labelled as the class the "
+                         "generator was asked for (lab/class_agreement.py). Beside it, the same classifier on real "
+                         "held-out images, on those images encoded and decoded by the autoencoder (the decoder's "
+                         "ceiling: no generator on these latents can keep more class identity), and chance.", ""]
+            lines += [f"Run [`{exp}/{r.id}`]({exp}/README.md), commit `{commit_text(r)}`, parameters "
+                      f"`{params_text(r.params)}`:", "", markdown_table(agreement_summary(r.table("class_agreement"))), ""]
+    return lines
+
+
 def write_index(out, evaluated, latest, all_runs):
     df = claims_frame(evaluated)
     df.to_csv(out / "claims.csv", index=False)
@@ -243,6 +274,7 @@ def write_index(out, evaluated, latest, all_runs):
         else:
             lines.append(f"  Ours: run `{c.notebook}/{r.id}`, commit `{commit_text(r)}`, device "
                          f"`{r.meta.get('device', '')}`, parameters `{params_text(r.params)}`")
+    lines += agreement_section(latest)
     import pandas as pd
     lines += ["", "## Experiments", ""]
     if latest:
