@@ -22,9 +22,10 @@ assets: $(STAMP)
 test: assets
 	$(BIN)/python -m pytest
 
-# every notebook on its defaults, then reports/ (built even if a notebook failed; the exit code says so)
+# every notebook on its defaults, then reports/ (built even if a notebook failed; the exit code says so);
+# a finished run of the same parameters and committed code is kept, and trained models are reused
 reproduce: assets
-	$(BIN)/python -m lab.infra.reproduce; status=$$?; $(BIN)/python -m lab.infra.report && exit $$status
+	$(BIN)/python -m lab.infra.reproduce --reuse; status=$$?; $(BIN)/python -m lab.infra.report && exit $$status
 
 report: $(STAMP)
 	$(BIN)/python -m lab.infra.report

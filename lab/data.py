@@ -1,4 +1,6 @@
-"""Image data sets that exist offline. Every item is (image float32 [3, H, W] in [0, 1], int label).
+"""Image data sets that exist offline. Every item is (image float32 [3, H, W] in [0, 1], int label),
+or (image uint8 [3, H, W], label) with uint8=True: a quarter of the bytes to hold, pin and copy;
+`to_float` turns it into the same float32 image, bit for bit, on the device where it is used.
 
     photos       deterministic random-resized crops of the real photos that ship with
                  scikit-image, scikit-learn and matplotlib; label = source photo
@@ -7,7 +9,8 @@
     imagefolder  an ImageNet-style folder, ADM/RAE centre crop; unreadable images are skipped
                  and counted, never a crash mid-epoch
 
-Images go through PIL only (torchvision.io does not load on the CPU torch build).
+Images go through PIL only (torchvision.io does not load on the CPU torch build). `loader` (epochs)
+and `step_loader` (the trainers' draws) stream them through workers, pinned on CUDA, split over ranks.
 """
 import functools
 import gzip
@@ -21,17 +24,28 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from lab.infra.cache import FETCH_COMMAND, AssetError, cache_dir, cache_lock
+from lab.trainutil import step_seed
 
 # ----------------------------------------------------------------------------- helpers
 
-def to_tensor(img):
-    """PIL image -> float32 [3, H, W] in [0, 1] (grayscale / RGBA converted to RGB)."""
-    arr = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
-    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+def to_tensor(img, uint8=False):
+    """PIL image -> float32 [3, H, W] in [0, 1] (uint8 [3, H, W] if uint8); grayscale / RGBA -> RGB."""
+    arr = np.array(img.convert("RGB"), dtype=np.uint8 if uint8 else np.float32)  # a copy torch may own
+    return torch.from_numpy(arr if uint8 else arr / 255.0).permute(2, 0, 1).contiguous()
+
+
+def to_float(x, device=None):
+    """Images as float32 in [0, 1] on `device`: uint8 ones are moved first (4x fewer bytes), then
+    divided by 255 there; float ones are only moved. k / 255 is divided by a 0-dim tensor, not a
+    Python number: CUDA turns division by a scalar into a multiplication by its reciprocal, which
+    can be an ulp off, and the uint8 path must equal to_tensor's float32 image exactly."""
+    x = x.to(device, non_blocking=True)
+    return x.float() / torch.tensor(255.0, device=x.device) if x.dtype == torch.uint8 else x.float()
 
 
 def center_crop_arr(img, size):
@@ -123,9 +137,9 @@ class Photos(Dataset):
     Item i depends only on (seed, i): source photo i % P (balanced labels), crop box and flip from
     a generator seeded with (seed, i), so any order, worker count or subset gives the same data."""
 
-    def __init__(self, n=2048, size=64, seed=0, scale=(0.08, 1.0), flip=True):
+    def __init__(self, n=2048, size=64, seed=0, scale=(0.08, 1.0), flip=True, uint8=False):
         _check_size(size)
-        self.n, self.size, self.seed, self.scale, self.flip = int(n), size, seed, scale, flip
+        self.n, self.size, self.seed, self.scale, self.flip, self.uint8 = int(n), size, seed, scale, flip, uint8
         self.classes = photo_names()
         self.images = list(_photos().values())
 
@@ -142,12 +156,12 @@ class Photos(Dataset):
         crop = img.resize((self.size, self.size), Image.BICUBIC, box=(left, top, left + w, top + h))
         if self.flip and rng.random() < 0.5:
             crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
-        return to_tensor(crop), label
+        return to_tensor(crop, self.uint8), label
 
 
-def photos(n=2048, size=64, seed=0, scale=(0.08, 1.0), flip=True):
+def photos(n=2048, size=64, seed=0, scale=(0.08, 1.0), flip=True, uint8=False):
     """Deterministic random-resized crops of the real sample photos; label = source photo."""
-    return Photos(n=n, size=size, seed=seed, scale=scale, flip=flip)
+    return Photos(n=n, size=size, seed=seed, scale=scale, flip=flip, uint8=uint8)
 
 
 # ----------------------------------------------------------------------------- Fashion-MNIST
@@ -223,9 +237,9 @@ def read_idx(path):
 class ArrayImages(Dataset):
     """uint8 images [M, h, w] (grayscale) + labels, resized to `size` on the fly, as RGB."""
 
-    def __init__(self, images, labels, size, classes, resample=Image.BILINEAR):
+    def __init__(self, images, labels, size, classes, resample=Image.BILINEAR, uint8=False):
         self.images, self.targets = images, [int(y) for y in labels]
-        self.size, self.classes, self.resample = size, list(classes), resample
+        self.size, self.classes, self.resample, self.uint8 = size, list(classes), resample, uint8
 
     def __len__(self):
         return len(self.targets)
@@ -234,10 +248,10 @@ class ArrayImages(Dataset):
         img = Image.fromarray(self.images[i])
         if img.size != (self.size, self.size):
             img = img.resize((self.size, self.size), self.resample)
-        return to_tensor(img), self.targets[i]
+        return to_tensor(img, self.uint8), self.targets[i]
 
 
-def fashion(split="train", n=None, size=64):
+def fashion(split="train", n=None, size=64, uint8=False):
     """Fashion-MNIST (60k train / 10k test), grayscale -> RGB, resized to size; labels 0..9.
 
     n: the first n images of the split (the files are already shuffled) or all."""
@@ -250,12 +264,12 @@ def fashion(split="train", n=None, size=64):
     labels = read_idx(root / f"{prefix}-labels-idx1-ubyte.gz")
     if n is not None:
         images, labels = images[:n], labels[:n]
-    return ArrayImages(images, labels, size, FASHION_CLASSES)
+    return ArrayImages(images, labels, size, FASHION_CLASSES, uint8=uint8)
 
 
 # ----------------------------------------------------------------------------- digits
 
-def digits(size=32, n=None):
+def digits(size=32, n=None, uint8=False):
     """scikit-learn's 1797 8x8 digits (0..16 levels -> [0, 1]), resized to size; labels 0..9."""
     from sklearn.datasets import load_digits
     _check_size(size)
@@ -264,7 +278,7 @@ def digits(size=32, n=None):
     labels = d.target
     if n is not None:
         images, labels = images[:n], labels[:n]
-    return ArrayImages(images, labels, size, [str(k) for k in range(10)])
+    return ArrayImages(images, labels, size, [str(k) for k in range(10)], uint8=uint8)
 
 
 # ----------------------------------------------------------------------------- image folder
@@ -283,9 +297,9 @@ class ImageFolder(Dataset):
     `.bad` (path -> error), counted in `.skipped`, and announced with a SkippedImageWarning that
     carries the running count. `make_loader` also warns once per epoch with the total."""
 
-    def __init__(self, root, size=256):
+    def __init__(self, root, size=256, uint8=False):
         _check_size(size)
-        self.root, self.size = Path(root).expanduser(), size
+        self.root, self.size, self.uint8 = Path(root).expanduser(), size, uint8
         if not self.root.is_dir():
             raise FileNotFoundError(f"imagefolder: root {str(self.root)!r} is not a folder. Pass the "
                                     f"folder holding one sub-folder of images per class (ImageNet's train/).")
@@ -319,7 +333,7 @@ class ImageFolder(Dataset):
             if str(path) in self.bad:
                 continue
             try:
-                return to_tensor(self._load(path)), label
+                return to_tensor(self._load(path), self.uint8), label
             except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
                 self.bad[str(path)] = f"{err.__class__.__name__}: {err}"
                 warnings.warn(f"imagefolder: skipped unreadable image {path} ({err.__class__.__name__}: "
@@ -341,17 +355,23 @@ def _is_image(p):
     return p.is_file() and p.suffix.lower() in IMG_EXTENSIONS and not p.name.startswith(".")
 
 
-def imagefolder(root, size=256):
+def imagefolder(root, size=256, uint8=False):
     """ImageNet-style folder as (image [3, size, size] in [0, 1], class index), ADM centre crop."""
-    return ImageFolder(root, size)
+    return ImageFolder(root, size, uint8)
 
 
 # ----------------------------------------------------------------------------- loaders
 
 class Loader(DataLoader):
-    """A DataLoader that, at the end of each epoch, warns with the number of skipped images."""
+    """A DataLoader that starts every pass with its DistributedSampler's set_epoch(.epoch) (a new
+    shuffle per epoch; set .epoch to resume) and, at the end of each, warns with the skipped images."""
+
+    epoch = 0
 
     def __iter__(self):
+        if isinstance(self.sampler, DistributedSampler):
+            self.sampler.set_epoch(self.epoch)
+        self.epoch += 1
         yield from super().__iter__()
         skipped = getattr(self.dataset, "skipped", 0)
         if skipped:
@@ -364,6 +384,62 @@ def make_loader(ds, batch_size=64, shuffle=True, seed=0, drop_last=False, num_wo
     g = torch.Generator().manual_seed(seed)
     return Loader(ds, batch_size=batch_size, shuffle=shuffle, generator=g, drop_last=drop_last,
                   num_workers=num_workers, persistent_workers=num_workers > 0)
+
+
+def _rank_world(rank, world, batch_size):
+    """(rank, world) as given, else torch.distributed's when it is initialised (torchrun), else (0, 1)."""
+    if world is None:
+        rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+    if batch_size % world:
+        raise ValueError(f"batch_size={batch_size} is the global batch: it must divide by the {world} ranks")
+    return int(rank or 0), int(world)
+
+
+def _streaming(ds, seed, num_workers, device, **kw):
+    """A Loader with workers, pinned memory and persistent workers on CUDA; in-process on a CPU."""
+    cuda = torch.device(device).type == "cuda" if device is not None else torch.cuda.is_available()
+    if num_workers is None:  # a CPU run stays in one process; on CUDA the node's CPUs split over its ranks
+        num_workers = min(8, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))) if cuda else 0
+    return Loader(ds, num_workers=num_workers, pin_memory=cuda, persistent_workers=num_workers > 0, **kw,
+                  generator=torch.Generator().manual_seed(seed))  # not the global RNG: worker seeds from `seed`
+
+
+def loader(ds, batch_size, seed=0, *, shuffle=True, drop_last=False, num_workers=None, device=None,
+           rank=None, world=None):
+    """Epochs of `ds` through a DistributedSampler: each rank loads batch_size // world items of every
+    global batch, the ranks' items partition the epoch (drop_last=False pads it by repeating items).
+    Epoch e is in the order of torch.randperm(len(ds)) seeded with seed + e, for any number of workers
+    and on resume (unlike make_loader's). rank / world: default torch.distributed's, else (0, 1).
+    num_workers: default min(8, CPUs per rank) on CUDA (pinned), 0 on a CPU. device: default CUDA if any."""
+    rank, world = _rank_world(rank, world, batch_size)
+    sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last)
+    return _streaming(ds, seed, num_workers, device, batch_size=batch_size // world, sampler=sampler, drop_last=drop_last)
+
+
+class StepBatches(Sampler):
+    """The batch indices of steps start..steps-1, drawn as the trainers draw them: step k takes
+    torch.randint(n, (batch_size,)) from trainutil.step_seed(seed, k, stream) (with replacement),
+    and this rank keeps its rows [rank * b, (rank + 1) * b) of that global batch (b = batch_size // world)."""
+
+    def __init__(self, n, batch_size, seed, steps, start=0, stream=0, rank=0, world=1):
+        self.n, self.batch_size, self.seed, self.steps, self.start, self.stream = n, batch_size, seed, steps, start, stream
+        self.rows = slice(rank * (batch_size // world), (rank + 1) * (batch_size // world))
+
+    def __len__(self):
+        return max(0, self.steps - self.start)
+
+    def __iter__(self):
+        for k in range(self.start, self.steps):
+            g = torch.Generator().manual_seed(step_seed(self.seed, k, self.stream))
+            yield torch.randint(self.n, (self.batch_size,), generator=g)[self.rows].tolist()
+
+
+def step_loader(ds, batch_size, seed, steps, *, start=0, stream=0, num_workers=None, device=None, rank=None, world=None):
+    """The batches of training steps start..steps-1 (StepBatches), loaded by workers ahead of the loop:
+    the images that indexing the data in memory with the trainers' own per-step draws gives, in order."""
+    rank, world = _rank_world(rank, world, batch_size)
+    return _streaming(ds, seed, num_workers, device,
+                      batch_sampler=StepBatches(len(ds), batch_size, seed, steps, start, stream, rank, world))
 
 
 def tensors(ds, n=None):

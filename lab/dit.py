@@ -15,12 +15,16 @@
 - Heads: when not given, the smallest count with head_dim <= 128 (flash-attention kernels take
   head_dim up to 128; above it SDPA falls back to a slow kernel).
 - The last linear layer is zero-initialised: the model predicts 0 at step 0.
+- Activation checkpointing (`checkpoint=True`, or set `model.checkpoint`): in training, each block
+  keeps only its input and recomputes its activations in the backward pass (about one extra
+  forward, for activations of one block instead of all of them). Same gradients.
 """
 import math
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint as recompute
 
 
 # ---------------------------------------------------------------------------------------------
@@ -108,8 +112,9 @@ class Attention(nn.Module):
     def forward(self, x):
         B, N, C = x.shape
         q, k, v = self.qkv(x).view(B, N, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
-        # norm in fp32 (the weights are fp32), then back to the dtype SDPA gets for v under autocast
-        q, k = self.q_norm(q.float()).to(v.dtype), self.k_norm(k.float()).to(v.dtype)
+        # norm in fp32 or wider (the weights' dtype), then back to the dtype SDPA gets for v under autocast
+        wide = torch.promote_types(q.dtype, torch.float32)
+        q, k = self.q_norm(q.to(wide)).to(v.dtype), self.k_norm(k.to(wide)).to(v.dtype)
         x = F.scaled_dot_product_attention(q, k, v)
         return self.proj(x.transpose(1, 2).reshape(B, N, C))
 
@@ -170,7 +175,7 @@ class DiT(nn.Module):
 
     def __init__(self, in_dim, num_tokens, width=384, depth=12, heads=None, num_classes=1000,
                  qk_norm=True, pos="sincos", grid=None, ddt_width=None, ddt_depth=2, ddt_heads=None,
-                 mlp_ratio=4.0, time_scale=1000.0):
+                 mlp_ratio=4.0, time_scale=1000.0, checkpoint=False):
         super().__init__()
         if pos not in ("sincos", "learned"):
             raise ValueError(f"pos must be 'sincos' or 'learned', got {pos!r}")
@@ -182,7 +187,7 @@ class DiT(nn.Module):
             raise ValueError(f"grid={grid} has {grid[0] * grid[1]} cells but num_tokens={num_tokens}")
         self.in_dim, self.num_tokens, self.grid = in_dim, num_tokens, grid
         self.width, self.depth, self.num_classes = width, depth, num_classes
-        self.pos_kind = pos
+        self.pos_kind, self.checkpoint = pos, checkpoint
 
         self.x_embed = nn.Linear(in_dim, width)
         self.t_embed = TimestepEmbedder(width, scale=time_scale)
@@ -249,13 +254,18 @@ class DiT(nn.Module):
 
         h = self.x_embed(x) + self.pos
         for block in self.blocks:
-            h = block(h, c)
+            h = self._run(block, h, c)
         if self.ddt_width is not None:  # RAE: v = H(x_t | z_t, t), conditioned per token on z_t
             c = self.ddt_s(self.base_norm(h)) + self.ddt_t(t).unsqueeze(1)
             h = self.ddt_x(x)
             for block in self.ddt_blocks:
-                h = block(h, c)
+                h = self._run(block, h, c)
         return self.final(h, c).to(in_dtype)
+
+    def _run(self, block, h, c):
+        if self.checkpoint and self.training and torch.is_grad_enabled():
+            return recompute(block, h, c, use_reentrant=False)  # non-reentrant: works under autocast and compile
+        return block(h, c)
 
     def num_params(self):
         return sum(p.numel() for p in self.parameters())

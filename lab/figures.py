@@ -56,18 +56,6 @@ def show_image(ax, img, title=None):
 _show = show_image
 
 
-def gallery(rows, reference=None, n=8):
-    """One row of n images per entry of `rows` (name -> images [B,3,H,W]); `reference` on top."""
-    items = ([("data", reference)] if reference is not None else []) + list(rows.items())
-    fig, axes = plt.subplots(len(items), n, figsize=(1.2 * n, 1.3 * len(items)), squeeze=False)
-    for r, (name, imgs) in enumerate(items):
-        for c in range(n):
-            show_image(axes[r, c], imgs[c] if c < len(imgs) else torch.zeros_like(imgs[0]))
-        axes[r, 0].set_title(name, fontsize=8, loc="left")
-    fig.tight_layout()
-    return fig
-
-
 def class_mosaic(images, labels, num_classes, n=6, pad=2):
     """One image [3, rows·(H+pad), n·(W+pad)] holding n samples of each class, one row per class
     (class c in row c; a class with fewer than n samples leaves its row's tail blank)."""

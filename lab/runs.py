@@ -439,9 +439,12 @@ def list_runs(runs_dir=None, experiment=None):
     return sorted(out, key=lambda r: (r.experiment, r.meta.get("started_unix", 0), r.id))
 
 
-def find_done(experiment, params, runs_dir=None):
-    """The latest `done` run of `experiment` whose parameters equal `params`, or None."""
+def find_done(experiment, params, runs_dir=None, code=False):
+    """The latest `done` run of `experiment` whose parameters equal `params`, or None.
+
+    code=True: only a run of the same code, a clean commit whose lab/ and notebooks/ equal the
+    current clean tree's (provenance.same_code); a dirty tree reuses nothing."""
     key = canonical(params)
     hits = [r for r in list_runs(runs_dir, experiment)
-            if r.status == "done" and canonical(r.params) == key]
+            if r.status == "done" and canonical(r.params) == key and (not code or provenance.same_code(r.meta))]
     return max(hits, key=lambda r: (r.meta.get("finished_unix", 0), r.id)) if hits else None

@@ -25,6 +25,7 @@ Usage:
 import argparse
 import contextlib
 import copy
+import math
 import os
 
 import torch
@@ -68,7 +69,7 @@ def global_batch(latents, labels, step, *, batch_size, seed, path, time_dist, sh
     M, N, C = latents.shape
     idx = torch.randint(M, (batch_size,), generator=g_idx)[rows]  # sampling with replacement
     x1 = latents[idx.to(latents.device)].to(device, torch.float32, non_blocking=True)
-    y = labels[idx.to(labels.device)].to(device, torch.long)
+    y = labels[idx.to(labels.device)].to(device, torch.long, non_blocking=True)  # no host sync on CUDA
     if path == "slerp":  # the slerp path runs on the sphere of radius sqrt(C): put the data there
         x1 = geo.to_sphere(x1)
     x0 = flows.prior_for(path, (batch_size, N, C), generator=g, device=device)[rows]
@@ -87,13 +88,105 @@ def fm_step_loss(net, x1, y, x0, t, *, path, loss, radial_weight, device, precis
     return flows.fm_loss(pred.float(), u_t, x_t, loss, radial_weight)
 
 
+MEMORY_MARGIN = 1.15  # on an H100 a DiT^DH-S step (16 tokens, bf16, accum 4) peaked 8% above the fitted bytes
+
+
+def train_step(net, model, ema, opt, batch, healthy, *, accum_steps=1, grad_clip=1.0, ema_decay=0.9999,
+               device, **step_kw):
+    """One optimizer step on this rank's batch (x1, y, x0, t) in accum_steps equal micro-batches.
+
+    Returns (loss, gradient norm) as device tensors, the loss averaged over ranks: no host sync.
+    The micro-batch losses are each divided by accum_steps, so their gradients add up to the mean
+    loss's gradient over the whole batch. `healthy` (a device bool, updated in place) turns False at
+    the first non-finite loss or gradient norm and stays False: from then on AdamW (through the fused
+    kernel's found_inf) leaves weights and moments as they were.
+    """
+    b = len(batch[0])
+    micro = b // accum_steps
+    ddp = isinstance(net, DDP)
+    opt.zero_grad(set_to_none=True)
+    logged = torch.zeros((), device=device)
+    for i in range(0, b, micro):
+        # DDP all-reduces the gradients on the last micro-batch only (nanoGPT's no_sync trick)
+        with net.no_sync() if ddp and i + micro < b else contextlib.nullcontext():
+            part = fm_step_loss(net, *(v[i:i + micro] for v in batch), device=device, **step_kw) / accum_steps
+            part.backward()
+        logged += part.detach()
+    if ddp:  # every rank must see the same value, or one rank skips a step the others take
+        torch.distributed.all_reduce(logged)
+        logged /= torch.distributed.get_world_size()
+    grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip) if grad_clip
+                 else torch.zeros((), device=device))
+    healthy &= torch.isfinite(logged) & torch.isfinite(grad_norm)
+    opt.found_inf = (~healthy).float()  # read by the fused kernel (as GradScaler does): 1 skips the update
+    opt.step()
+    update_ema(ema, model, ema_decay)  # a skipped step leaves the model as it was: the EMA moves toward it
+    return logged, grad_norm.float()
+
+
+def step_bytes(model, batch, *, device, **step_kw):
+    """Memory one step at this micro-batch adds to the resting state: gradients plus activations.
+
+    On CUDA the measured peak (torch.cuda.max_memory_allocated) of two forward + backward passes (the
+    second one as a later micro-batch runs: with the gradients already held); elsewhere the
+    gradients plus the tensors autograd saves for the backward pass (a lower bound).
+    """
+    x1, y, x0, t = batch
+    params = list(model.parameters())
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        for _ in range(2):
+            fm_step_loss(model, x1, y, x0, t, device=device, **step_kw).backward()
+        used = torch.cuda.max_memory_allocated(device) - base
+    else:
+        own = {p.untyped_storage().data_ptr() for p in params}
+        kept = {}
+
+        def pack(x):
+            if x.untyped_storage().data_ptr() not in own:
+                kept[x.untyped_storage().data_ptr()] = x.untyped_storage().nbytes()
+            return x
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+            fm_step_loss(model, x1, y, x0, t, device=device, **step_kw)
+        used = sum(kept.values()) + sum(p.numel() * p.element_size() for p in params if p.requires_grad)
+    model.zero_grad(set_to_none=True)
+    return used
+
+
+def memory_model(model, batch, *, device, **step_kw):
+    """(resting, one, per_sample) bytes: a step at micro-batch m needs about resting + one + (m - 1) per_sample.
+
+    resting: weights, EMA and AdamW's two moments (4x the weights); one, per_sample: step_bytes at
+    1 and 2 samples, after one unmeasured pass (lazily allocated workspaces stay out of the slope).
+    """
+    step_bytes(model, [v[:1] for v in batch], device=device, **step_kw)
+    one = step_bytes(model, [v[:1] for v in batch], device=device, **step_kw)
+    two = step_bytes(model, [v[:2] for v in batch], device=device, **step_kw) if len(batch[0]) > 1 else one
+    return 4 * sum(p.numel() * p.element_size() for p in model.parameters()), one, max(two - one, 0)
+
+
+def auto_accum_steps(model, batch, budget_gb, *, device, **step_kw):
+    """The fewest micro-batches (a divisor of this rank's batch) whose step fits in budget_gb:
+    MEMORY_MARGIN x memory_model's bytes."""
+    b = len(batch[0])
+    rest, one, per_sample = memory_model(model, batch, device=device, **step_kw)
+    for k in (k for k in range(1, b + 1) if b % k == 0):
+        if MEMORY_MARGIN * (rest + one + (b // k - 1) * per_sample) <= budget_gb * 2**30:
+            return k
+    raise ValueError(f"one sample needs {MEMORY_MARGIN * (rest + one) / 2**20:.1f} MiB > memory_budget_gb={budget_gb}: "
+                     "use checkpoint=True, a smaller model or more GPUs")
+
+
 def train_generator(latents, labels=None, *, model=None, size="tiny", model_kw=None,
                     path="linear", loss="euclidean", radial_weight=0.0, time_dist="logit_normal",
                     shift=True, steps=1000, batch_size=64, lr=1e-4, betas=(0.9, 0.95),
                     weight_decay=0.0, grad_clip=1.0, ema_decay=0.9999, label_dropout=0.1,
                     num_classes=None, out_dir=None, ckpt_every=1000, keep=3, resume=True, seed=0,
-                    log_every=50, progress=True, device=None, precision=None):
-    """Train a generator with flow matching; return dict(model, ema, losses, step, out_dir, ckpt).
+                    log_every=50, progress=True, device=None, precision=None, accum_steps=None,
+                    memory_budget_gb=None, checkpoint=False, compile=False):
+    """Train a generator with flow matching; return dict(model, ema, losses, step, out_dir, ckpt, accum_steps).
 
     latents [M, N, C] (any device; batches are moved to the training device), labels [M] long or
     None (unconditional: one class). path 'linear' | 'slerp' | 'shell'; loss 'euclidean' |
@@ -104,6 +197,20 @@ def train_generator(latents, labels=None, *, model=None, size="tiny", model_kw=N
     every `ckpt_every` steps and at the end; with resume=True the newest one is loaded first and
     training continues up to `steps` in total. batch_size is the global batch (split over ranks
     under torchrun). losses: the (rank-averaged) loss of every step since step 0.
+
+    Scale: each rank's batch runs as `accum_steps` micro-batches whose gradients add up to the
+    whole batch's (same global batch, same result); with accum_steps=None and memory_budget_gb
+    set, the fewest micro-batches that fit the budget per GPU (auto_accum_steps). checkpoint=True
+    recomputes each DiT block's activations in the backward pass; compile=True runs the model
+    through torch.compile.
+
+    Speed: AdamW is fused (one kernel), the EMA one foreach lerp, the noise drawn on the device,
+    and the host reads the loss only every `log_every` steps (and before a checkpoint). The NaN
+    guard still stops at the first bad step: a step whose loss or gradient norm is not finite and
+    every step after it leave the weights and AdamW's state as they were (fused AdamW's found_inf, a
+    device flag, no host sync); at the next check the run saves them, as the checkpoint of that
+    step, and raises, naming the step and the check that found it. (The EMA in that checkpoint has
+    taken the skipped steps' lerps toward those same weights.)
     """
     check_choice("path", path, flows.PATHS)
     check_choice("loss", loss, flows.LOSSES)
@@ -127,19 +234,40 @@ def train_generator(latents, labels=None, *, model=None, size="tiny", model_kw=N
     # ------------------------------------------------------------------- model, EMA, optimizer
     torch.manual_seed(seed)
     if model is None:
-        model = dit(size, in_dim=C, num_tokens=N, num_classes=num_classes, **(model_kw or {}))
+        model = dit(size, in_dim=C, num_tokens=N, num_classes=num_classes, checkpoint=checkpoint,
+                    **(model_kw or {}))
+    elif checkpoint:
+        if not hasattr(model, "checkpoint"):
+            raise ValueError(f"checkpoint=True needs a model with a `checkpoint` switch (lab.dit.DiT), got {type(model).__name__}")
+        model.checkpoint = True
     model = model.to(device)
     ema = copy.deepcopy(model).to(device)
     requires_grad(ema, False)
     ema.eval()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=betas, weight_decay=weight_decay)
+    # fused: one kernel for the whole update, and it takes found_inf, which skips a bad step on the device
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=betas, weight_decay=weight_decay, fused=True)
 
     ckpt_dir = os.path.join(out_dir, "checkpoints") if out_dir else None
     start, losses = 0, []
     if resume and ckpt_dir and latest_checkpoint(ckpt_dir):
         start, extra = load_checkpoint(ckpt_dir, {"model": model, "ema": ema}, {"opt": opt})
         losses = extra["losses"].tolist()
-    net = DDP(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
+
+    batch_kw = dict(batch_size=batch_size, seed=seed, path=path, time_dist=time_dist, shift=shift,
+                    label_dropout=label_dropout, num_classes=num_classes, device=device)
+    step_kw = dict(path=path, loss=loss, radial_weight=radial_weight, precision=precision)
+    b = batch_size // world
+    mine = slice(rank * b, (rank + 1) * b)
+    if accum_steps is None:
+        accum_steps = 1 if memory_budget_gb is None else auto_accum_steps(
+            model, global_batch(latents, labels, start, rows=mine, **batch_kw), memory_budget_gb,
+            device=device, **step_kw)
+    if b % accum_steps:
+        raise ValueError(f"the per-rank batch {b} must be divisible by accum_steps={accum_steps}")
+
+    net = torch.compile(model) if compile else model
+    if world > 1:
+        net = DDP(net, device_ids=[device.index] if device.type == "cuda" else None)
     net.train()
 
     def save(step):
@@ -150,48 +278,42 @@ def train_generator(latents, labels=None, *, model=None, size="tiny", model_kw=N
         barrier()
         return ckpt
 
-    current = {"step": start}  # a checkpoint written on failure holds the weights before this step
-    guard = NaNGuard(on_fail=(lambda: save(current["step"])) if ckpt_dir else None)
-    batch_kw = dict(batch_size=batch_size, seed=seed, path=path, time_dist=time_dist, shift=shift,
-                    label_dropout=label_dropout, num_classes=num_classes, device=device)
-    b = batch_size // world
-    mine = slice(rank * b, (rank + 1) * b)
+    healthy = torch.ones((), dtype=torch.bool, device=device)  # False from the first bad step on
+    pending = []  # (loss, gradient norm) device tensors of the steps since the last check
+
+    def check(last):
+        """One host sync: append the pending losses; at a bad step save the state before it and raise."""
+        first = last + 1 - len(pending)
+        values = torch.stack([torch.stack(v) for v in pending]).tolist()
+        pending.clear()
+        for step, (value, grad_norm) in enumerate(values, start=first):
+            bad = [(w, v) for w, v in (("loss", value), ("gradient norm", grad_norm)) if not math.isfinite(v)]
+            if bad:
+                found = f"(found at the check after step {last}; checked every {log_every} steps)"
+                NaNGuard(on_fail=(lambda: save(step)) if ckpt_dir else None)(bad[0][1], step, bad[0][0], found)
+            losses.append(value)
 
     # ------------------------------------------------------------------- the loop
     bar = tqdm(range(start, steps), initial=start, total=steps, disable=not (progress and is_main()),
                desc=f"train {path}/{loss}")
     try:
         for step in bar:
-            x1, y, x0, t = global_batch(latents, labels, step, rows=mine, **batch_kw)
-            loss_val = fm_step_loss(net, x1, y, x0, t, path=path, loss=loss, radial_weight=radial_weight,
-                                    device=device, precision=precision)
+            batch = global_batch(latents, labels, step, rows=mine, **batch_kw)
+            pending.append(train_step(net, model, ema, opt, batch, healthy, accum_steps=accum_steps,
+                                      grad_clip=grad_clip, ema_decay=ema_decay, device=device, **step_kw))
 
-            logged = loss_val.detach().clone()
-            if world > 1:  # every rank must see the same value, or one rank stops and the others hang
-                torch.distributed.all_reduce(logged)
-                logged /= world
-            current["step"] = step
-            guard(logged, step)
-
-            opt.zero_grad(set_to_none=True)
-            loss_val.backward()
-            if grad_clip:
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-                guard(grad_norm, step, what="gradient norm")
-            opt.step()
-            update_ema(ema, model, ema_decay)
-
-            losses.append(float(logged))
             done = step + 1
-            if ckpt_dir and (done % ckpt_every == 0 or done == steps):
-                save(done)
-            if done % log_every == 0 or done == steps:
+            is_ckpt = ckpt_dir and (done % ckpt_every == 0 or done == steps)
+            if done % log_every == 0 or done == steps or is_ckpt:
+                check(step)
                 bar.set_postfix(loss=f"{sum(losses[-log_every:]) / len(losses[-log_every:]):.4f}")
+            if is_ckpt:
+                save(done)
     finally:
         bar.close()
         ddp_cleanup()
     return dict(model=model, ema=ema, losses=losses, step=max(start, steps), out_dir=out_dir,
-                ckpt=latest_checkpoint(ckpt_dir) if ckpt_dir else None)
+                ckpt=latest_checkpoint(ckpt_dir) if ckpt_dir else None, accum_steps=accum_steps)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -239,6 +361,10 @@ def main(argv=None):
     p.add_argument("--ckpt-every", type=int, default=1000)
     p.add_argument("--no-resume", action="store_true")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--accum-steps", type=int, help="micro-batches per step (default 1, or from --memory-budget-gb)")
+    p.add_argument("--memory-budget-gb", type=float, help="per-GPU budget: the fewest micro-batches that fit")
+    p.add_argument("--checkpoint", action="store_true", help="activation checkpointing of the DiT blocks")
+    p.add_argument("--compile", action="store_true", help="torch.compile the DiT")
     p.add_argument("--device")
     a = p.parse_args(argv)
     latents, labels = load_latents(a.latents, a.latents_key, a.labels_key)
@@ -250,11 +376,12 @@ def main(argv=None):
                           steps=a.steps, batch_size=a.batch_size, lr=a.lr, grad_clip=a.grad_clip,
                           ema_decay=a.ema_decay, label_dropout=a.label_dropout, num_classes=a.num_classes,
                           out_dir=a.out_dir, ckpt_every=a.ckpt_every, resume=not a.no_resume, seed=a.seed,
-                          device=a.device)
+                          device=a.device, accum_steps=a.accum_steps, memory_budget_gb=a.memory_budget_gb,
+                          checkpoint=a.checkpoint, compile=a.compile)
     if is_main():
         last = out["losses"][-50:]
         print(f"done: step {out['step']}, loss (last {len(last)}) {sum(last) / max(len(last), 1):.4f}, "
-              f"checkpoint {out['ckpt']}")
+              f"accum_steps {out['accum_steps']}, checkpoint {out['ckpt']}")
 
 
 if __name__ == "__main__":

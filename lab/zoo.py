@@ -367,13 +367,13 @@ def real_features(x, key, size=64):
     return feats
 
 
-def generation_data(kind, *, data="fashion", n=2048, size=64, steps=1500, n_test=1000, feature_size=64,
-                    data_root=None, seed=0):
+def generation_data(kind, *, data="fashion", n=2048, size=64, steps=2500, n_test=1000, feature_size=64,
+                    n_classifier=8192, data_root=None, seed=0):
     """What a generator comparison needs, shared by notebooks 05 and 06, as a dict: the autoencoder
     `ae`, its latents `key`, train latents `z` and `labels`, held-out images `x_test` / `y_test` and
     latents `z_test`, the held-out images' EfficientNet features `real_feats` (at `feature_size` px,
-    the FD reference), and `classifier` (class_agreement, fitted on the training images' features)
-    with its accuracy on the held-out images `real_accuracy`.
+    the FD reference), and `classifier` (class_agreement, fitted on the features of `n_classifier`
+    training images) with its accuracy on the held-out images `real_accuracy`.
     kind: 'gae' | 'sphvae' (zoo.autoencoder) or 'hae' (the four-stage HAE student, `steps` stage-1 steps).
 
     One autoencoder per data set (seed `seed`); latents are encoded once and cached; the real-image
@@ -389,8 +389,9 @@ def generation_data(kind, *, data="fashion", n=2048, size=64, steps=1500, n_test
     x_test, y_test = images(data, n=n_test, size=size, split="test", root=data_root)
     z_test, _ = encode(ae, x_test, y_test, dict(key, split="test"))
     images_key = _with_root(dict(data=data, size=size), data_root)
-    train_feats = real_features(x, dict(images_key, split="train", n=n), feature_size)
+    x_clf, y_clf = images(data, n=n_classifier, size=size, root=data_root)
+    train_feats = real_features(x_clf, dict(images_key, split="train", n=n_classifier), feature_size)
     real_feats = real_features(x_test, dict(images_key, split="test", n=n_test), feature_size)
-    ref = class_agreement.reference(train_feats, y, real_feats, y_test)
+    ref = class_agreement.reference(train_feats, y_clf, real_feats, y_test)
     return dict(ae=ae, key=key, z=z, labels=labels, x_test=x_test, y_test=y_test, z_test=z_test,
                 real_feats=real_feats, feature_size=feature_size, **ref)

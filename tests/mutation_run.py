@@ -8,9 +8,14 @@ surviving mutants' names (`cd build/mutation/<module> && mutmut show <name>` sho
     python tests/mutation_run.py                   # every module
     python tests/mutation_run.py geometry flows    # some of them
     MUTATION_CHILDREN=2 python tests/mutation_run.py
+    python tests/mutation_run.py --survivors metrics   # only the last run's survivors (after adding tests)
 
+--survivors re-runs only the mutants that survived the module's last run (its result.json) and
+counts the others as killed then; when the source file changed since, mutant names no longer
+match and the whole module runs. Equivalent mutants, judged by hand: tests/mutation_equivalents.md.
 Not part of the test suite (pytest collects test_*.py only) and not run in CI.
 """
+import hashlib
 import json
 import os
 import shutil
@@ -31,10 +36,12 @@ MODULES = {
               ["lab.train.x_step_seed*", "lab.train.x_global_batch*", "lab.train.x_fm_step_loss*",
                "lab.train.x_default_precision*", "lab.train.x_model_autocast*"]),
     "evaluate": ("lab/evaluate.py", ["tests/test_evaluate.py"], None),
-    "metrics": ("lab/metrics.py", ["tests/test_metrics_more.py", "tests/test_metrics.py", "tests/test_metrics_values.py"],
-                None),
+    "metrics": ("lab/metrics.py", ["tests/test_metrics_more.py", "tests/test_metrics.py",
+                                "tests/test_metrics_values.py", "tests/test_metrics_linear_probe.py",
+                                "tests/test_metrics_sharded.py", "tests/test_metrics_wiring.py"], None),
     # the probes' numbers, not their plots (figure layout is checked by eye) nor default_distances (real networks)
-    "probes": ("lab/probes.py", ["tests/test_probes.py", "tests/test_probe_values.py", "tests/test_dit.py"],
+    "probes": ("lab/probes.py", ["tests/test_probes.py", "tests/test_probe_values.py", "tests/test_probes_width.py",
+                                "tests/test_probes_wiring.py", "tests/test_dit.py"],
                [f"lab.probes.x_{f}__mutmut_*" for f in (
                    "_norm", "_dir", "_encode", "rescale_norms", "angular_noise", "component_swap", "same_class_pairs",
                    "direction_magnitude_probe", "standardize_channels", "norm_stats", "linear_path_norm_dip",
@@ -72,11 +79,31 @@ def prepare(name):
     return work
 
 
-def run_module(name, children):
+def previous_survivors(name, digest):
+    """(killed, total, survivor names) of the module's last run on this very source, else None."""
+    try:
+        last = json.loads((ROOT / "build" / "mutation" / name / "result.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if last.get("source_sha256") != digest:
+        return None
+    return last["killed"], last["total"], sorted(last["survivors"])
+
+
+def run_module(name, children, survivors_only=False):
     source, tests, patterns = MODULES[name]
     if not (ROOT / source).exists() or not all((ROOT / t).exists() for t in tests):
         print(f"{name}: skipped ({source} or its tests are missing)")
         return None
+    digest = hashlib.sha256((ROOT / source).read_bytes()).hexdigest()
+    before = previous_survivors(name, digest) if survivors_only else None
+    if survivors_only and before is None:
+        print(f"{name}: no result.json for this source; running every mutant")
+    if before is not None:
+        if not before[2]:
+            print(f"{name}: no survivors last time ({before[0]}/{before[1]} killed)")
+            return before[0], before[1]
+        patterns = before[2]
     work = prepare(name)
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     mutmut = [sys.executable, "-m", "mutmut"]
@@ -96,21 +123,26 @@ def run_module(name, children):
     killed = sum(v in ("killed", "timeout", "segfault") for v in counted.values())
     survivors = sorted(k for k, v in counted.items() if v not in ("killed", "timeout", "segfault"))
     minutes = (time.time() - t0) / 60
-    score = killed / len(counted) if counted else float("nan")
-    print(f"{name}: {killed}/{len(counted)} killed ({100 * score:.1f}%) in {minutes:.1f} min")
+    total = len(counted)
+    if before is not None:  # the mutants not re-run were killed last time
+        print(f"{name}: {killed}/{total} of last run's survivors killed now")
+        killed, total = killed + before[0], before[1]
+    score = killed / total if total else float("nan")
+    print(f"{name}: {killed}/{total} killed ({100 * score:.1f}%) in {minutes:.1f} min")
     for k in survivors:
         print(f"    {status[k]:<10} {k}")
-    (work / "result.json").write_text(json.dumps(dict(killed=killed, total=len(counted), minutes=minutes,
+    (work / "result.json").write_text(json.dumps(dict(killed=killed, total=total, minutes=minutes, source_sha256=digest,
                                                       survivors={k: status[k] for k in survivors}), indent=1))
-    return killed, len(counted)
+    return killed, total
 
 
 def main(argv):
-    names = argv or list(MODULES)
+    survivors_only = "--survivors" in argv
+    names = [a for a in argv if a != "--survivors"] or list(MODULES)
     children = int(os.environ.get("MUTATION_CHILDREN", "2"))
     total_killed = total = 0
     for name in names:
-        res = run_module(name, children)
+        res = run_module(name, children, survivors_only)
         if res:
             total_killed, total = total_killed + res[0], total + res[1]
     if total:

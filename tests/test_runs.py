@@ -14,7 +14,7 @@ import nbformat
 import pytest
 
 from lab import runs
-from lab.infra import nbtools, params
+from lab.infra import nbtools, params, provenance
 
 PARAMS_CELL = '''steps = 3
 lr = 0.1
@@ -274,7 +274,7 @@ def test_kernel_name_uses_this_interpreter():
     assert nbtools._same_python(argv0)
 
 
-def test_papermill_good_run_is_done_with_everything(nb, tmp_path, caplog):
+def test_papermill_good_run_is_done_with_everything(nb, tmp_path, caplog, monkeypatch):
     caplog.set_level("WARNING", logger="papermill")
     res = nbtools.execute(nb, {"steps": 7, "lr": 1}, runs_dir=tmp_path)
     assert res["status"] == "done", res["error"]
@@ -290,9 +290,13 @@ def test_papermill_good_run_is_done_with_everything(nb, tmp_path, caplog):
     injected = [c for c in executed.cells if "injected-parameters" in c.metadata.get("tags", [])]
     assert "steps = 7" in injected[0].source and "_lab_" not in injected[0].source
     assert run.meta["pid"] != os.getpid()  # the kernel took the folder over
-    # an identical request reuses the finished run without executing anything
+    # an identical request on the same code reuses the finished run without executing anything
+    monkeypatch.setattr(provenance, "same_code", lambda status, root=None: True)
     again = nbtools.execute(nb, {"steps": 7, "lr": 1.0}, runs_dir=tmp_path, reuse=True)
     assert again["reused"] and again["dir"] == res["dir"] and again["status"] == "done"
+    monkeypatch.setattr(provenance, "same_code", lambda status, root=None: False)  # other code: no reuse
+    assert runs.find_done("demo", run.params, tmp_path, code=True) is None
+    assert runs.find_done("demo", run.params, tmp_path).dir == run.dir
 
 
 def test_papermill_failing_cell_marks_run_failed(nb, tmp_path):
@@ -424,3 +428,28 @@ def test_underscore_folders_are_not_experiments(tmp_path):
     (tmp_path / "_zoo" / "rae-0123456789").mkdir(parents=True)
     (tmp_path / ".cache" / "x").mkdir(parents=True)
     assert runs.list_runs(str(tmp_path)) == []
+
+
+def test_same_code_reuses_only_clean_runs_of_the_same_lab_and_notebooks(tmp_path):
+    def git(*args):
+        return subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True,
+                              text=True).stdout.strip()
+    git("init", "-q")
+    git("config", "user.email", "t@t")
+    git("config", "user.name", "t")
+    for rel in ("lab/a.py", "notebooks/n.ipynb", "reports/README.md"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("1\n")
+    git("add", ".")
+    git("commit", "-qm", "code")
+    ran = {"commit": git("rev-parse", "HEAD"), "dirty": False}
+    assert provenance.same_code(ran, tmp_path)
+    (tmp_path / "reports/README.md").write_text("regenerated\n")
+    git("commit", "-qam", "reports only")
+    assert provenance.same_code(ran, tmp_path)            # the code folders did not change
+    assert not provenance.same_code(dict(ran, dirty=True), tmp_path)
+    (tmp_path / "lab/a.py").write_text("2\n")
+    assert not provenance.same_code(ran, tmp_path)        # an uncommitted edit now
+    git("commit", "-qam", "code changed")
+    assert not provenance.same_code(ran, tmp_path)
+    assert provenance.same_code({"commit": git("rev-parse", "HEAD"), "dirty": False}, tmp_path)

@@ -5,8 +5,9 @@ DDT head, bf16); on a CPU tiny and S at 16 x 32 with a head twice the base width
 of step run at one precision, so their ratio is the sphere's cost alone; on CUDA the generator
 trains the spherical path in fp32 by default (lab.train.default_precision): `--precision fp32`.
 Prints, per model size, for the same model and the same batch:
-- the median time of a full training step (batch draw, path, forward, loss, backward, clip,
-  AdamW, EMA) for Riemannian FM (slerp path + riemannian loss) and for Euclidean FM (linear path
+- the median time of a full training step (lab.train.train_step: batch draw, path, forward, loss,
+  backward, clip, fused AdamW, foreach EMA; `--accum-steps`, `--checkpoint`, `--compile` as in
+  lab.train) for Riemannian FM (slerp path + riemannian loss) and for Euclidean FM (linear path
   + MSE), and their ratio; the two are measured interleaved so load on the machine hits both alike;
 - the geometry alone (the slerp path and the Riemannian loss, forward and backward with respect
   to the network output) as a fraction of the Riemannian step;
@@ -31,8 +32,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from lab import flows, samplers
 from lab.dit import SIZES, dit
-from lab.train import fm_step_loss, global_batch
-from lab.trainutil import pick_device, update_ema
+from lab.train import global_batch, train_step
+from lab.trainutil import pick_device
 
 SPHERE_BUDGET = 0.10  # the sphere may cost at most 10% of a training step at the tiny size
 # dense bf16 tensor-core peak, TFLOP/s, by a substring of torch.cuda.get_device_name (first match);
@@ -84,21 +85,17 @@ def _peak_rss_mb():
     return rss / 2**20 if sys.platform == "darwin" else rss / 2**10  # bytes on macOS, KiB on Linux
 
 
-def make_step(model, ema, opt, latents, labels, *, path, loss, batch, device, num_classes, precision=None):
-    """A closure running one full training step exactly as lab.train does (step counter inside)."""
-    state = {"step": 0}
+def make_step(model, ema, opt, latents, labels, *, path, loss, batch, device, num_classes, precision=None,
+              net=None, accum_steps=1):
+    """A closure running one full training step exactly as lab.train does (lab.train.train_step; step
+    counter inside). net: what runs the forward (torch.compile(model)), default the model itself."""
+    state = {"step": 0, "healthy": torch.ones((), dtype=torch.bool, device=device)}
 
     def step():
-        x1, y, x0, t = global_batch(latents, labels, state["step"], batch_size=batch, seed=0, path=path,
-                                    time_dist="logit_normal", shift=True, label_dropout=0.1,
-                                    num_classes=num_classes, device=device)
-        value = fm_step_loss(model, x1, y, x0, t, path=path, loss=loss, radial_weight=0.1, device=device,
-                             precision=precision)
-        opt.zero_grad(set_to_none=True)
-        value.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        update_ema(ema, model, 0.9999)
+        b = global_batch(latents, labels, state["step"], batch_size=batch, seed=0, path=path, time_dist="logit_normal",
+                         shift=True, label_dropout=0.1, num_classes=num_classes, device=device)
+        train_step(model if net is None else net, model, ema, opt, b, state["healthy"], accum_steps=accum_steps, grad_clip=1.0,
+                   ema_decay=0.9999, device=device, path=path, loss=loss, radial_weight=0.1, precision=precision)
         state["step"] += 1
     return step
 
@@ -117,19 +114,23 @@ def make_geometry(latents, batch, device):
     return geometry
 
 
-def bench_size(size, *, batch, tokens, channels, repeats, warmup, device, ddt_width=None, precision="fp32"):
-    """One row of the table: both kinds of step on one model (DDT head of ddt_width when given)."""
+def bench_size(size, *, batch, tokens, channels, repeats, warmup, device, ddt_width=None, precision="fp32",
+               checkpoint=False, compile=False, accum_steps=1):
+    """One row of the table: both kinds of step on one model (DDT head of ddt_width when given), with
+    lab.train's options: activation checkpointing, torch.compile, gradient accumulation."""
     torch.manual_seed(0)
     num_classes = 10
     latents = torch.randn(max(4 * batch, 256), tokens, channels)
     labels = torch.randint(num_classes, (latents.shape[0],))
     model = dit(size, in_dim=channels, num_tokens=tokens, num_classes=num_classes, ddt_width=ddt_width).to(device)
-    flops = step_flops(model, batch, tokens, channels, device)
+    flops = step_flops(model, batch, tokens, channels, device)  # model FLOPs: without the recomputation
+    model.checkpoint = checkpoint
     ema = copy.deepcopy(model).requires_grad_(False)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.0)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.0, fused=True)
+    net = torch.compile(model) if compile else model
     # one model, one optimizer for both kinds of step: any difference is the path and the loss
     steps = {kind: make_step(model, ema, opt, latents, labels, path=p, loss=l, batch=batch, device=device,
-                             num_classes=num_classes, precision=precision)
+                             num_classes=num_classes, precision=precision, net=net, accum_steps=accum_steps)
              for kind, (p, l) in {"euclid": ("linear", "euclidean"), "riemann": ("slerp", "riemannian")}.items()}
     geometry = make_geometry(latents, batch, device)
 
@@ -212,6 +213,9 @@ def main(argv=None):
     p.add_argument("--channels", type=int, help="C, the token dimension (default 768 on CUDA, 32 on a CPU)")
     p.add_argument("--ddt-width", type=int, help="DDT head width (0: none; default 2048 on CUDA, 2x width on a CPU)")
     p.add_argument("--precision", choices=["fp32", "bf16"], help="both kinds of step (default bf16 on CUDA)")
+    p.add_argument("--checkpoint", action="store_true", help="activation checkpointing of the DiT blocks")
+    p.add_argument("--compile", action="store_true", help="torch.compile the DiT")
+    p.add_argument("--accum-steps", type=int, default=1, help="micro-batches per step (batch / accum each)")
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--sample-steps", type=int, default=20)
@@ -222,19 +226,23 @@ def main(argv=None):
     device = pick_device(a.device)
     a = _defaults(a, device)
     a.device_type = device.type
+    if device.type == "cuda":  # as lab.train sets them: fp32 matmuls outside autocast run on TF32 tensor cores
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     global _clock
     clock = a.clock or ("wall" if device.type == "cuda" else "cpu")
     _clock = CLOCKS[clock]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"device {device} ({name}, bf16 peak {peak_tflops(device) or '—'} TFLOP/s) | torch {torch.__version__} | "
           f"threads {torch.get_num_threads()} | {clock} clock | {a.precision} | batch {a.batch} x {a.tokens} tokens "
-          f"x {a.channels} ch | median of {a.repeats} after {a.warmup} warmup")
+          f"x {a.channels} ch | accum {a.accum_steps}{' | checkpoint' * a.checkpoint}{' | compile' * a.compile} | "
+          f"median of {a.repeats} after {a.warmup} warmup")
     print(HEADER)
     rows = []
     for size in a.sizes:
         try:
             r = bench_size(size, batch=a.batch, tokens=a.tokens, channels=a.channels, repeats=a.repeats,
-                           warmup=a.warmup, device=device, ddt_width=_ddt(a, size), precision=a.precision)
+                           warmup=a.warmup, device=device, ddt_width=_ddt(a, size), precision=a.precision,
+                           checkpoint=a.checkpoint, compile=a.compile, accum_steps=a.accum_steps)
         except torch.cuda.OutOfMemoryError:
             print(f"{size:>5} out of GPU memory at batch {a.batch}: try a smaller --batch", flush=True)
             torch.cuda.empty_cache()

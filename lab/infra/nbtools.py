@@ -12,8 +12,8 @@ and $LAB_NOTEBOOK in its environment (set for that kernel only, see `runs.handof
 `runs.start` takes the folder over; the notebook receives only its own parameters, so papermill
 has nothing to warn about. The executed notebook is saved inside the run folder. When the
 execution raises, the kernel dies or times out, or the notebook ends without `run.done()`, the run
-is marked `failed` with the error. With reuse=True an identical finished run is returned and
-nothing executes. The kernel runs with the notebook's folder as working directory and the
+is marked `failed` with the error. With reuse=True a finished run of the same parameters and the same
+committed code (runs.find_done(code=True)) is returned and nothing executes. The kernel runs with the notebook's folder as working directory and the
 repository on PYTHONPATH, so `import lab` works whether or not the package is installed.
 """
 import argparse
@@ -114,7 +114,7 @@ def execute(notebook_path, params=None, runs_dir=None, out_path=None, kernel="py
     else:
         full = params
     if reuse:
-        prev = runs.find_done(experiment, full, runs_dir)
+        prev = runs.find_done(experiment, full, runs_dir, code=True)
         if prev is not None:
             return _result(prev, 0.0, reused=True, notebook=prev.dir / notebook.name)
 
@@ -169,7 +169,7 @@ def main(argv=None):
     ap.add_argument("--params-json", default=None, help="overrides as one JSON object")
     ap.add_argument("--runs-dir", default=None)
     ap.add_argument("--kernel", default="python3")
-    ap.add_argument("--reuse", action="store_true", help="return an identical finished run")
+    ap.add_argument("--reuse", action="store_true", help="return a finished run of the same parameters and code")
     ap.add_argument("--timeout", type=float, default=None, help="seconds per cell")
     args = ap.parse_args(argv)
     declared = read_parameters(args.notebook)

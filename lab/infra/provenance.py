@@ -72,6 +72,26 @@ def code_state(root=None):
     return {"commit": commit, "dirty": h is not None, "diff_sha256": h}
 
 
+def code_tree(commit, root=None):
+    """The git tree ids of CODE_FOLDERS at `commit`, joined: equal for two commits that differ only
+    outside lab/ and notebooks/ (a commit of regenerated reports, say). None when git cannot say."""
+    root = root or repo_root()
+    try:
+        return " ".join(_git(root, "rev-parse", f"{commit}:{folder}").decode().strip() for folder in CODE_FOLDERS)
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def same_code(status, root=None):
+    """True when a run's status.json ties it to a clean commit whose lab/ and notebooks/ equal the
+    current clean tree's: its results are what this code would compute again."""
+    now = code_state(root)
+    if not now["commit"] or now["dirty"] is not False or not code_is_clean(status)[0]:
+        return False
+    mine = code_tree(now["commit"], root)
+    return mine is not None and code_tree(status["commit"], root) == mine
+
+
 def code_is_clean(status):
     """(True, "commit <10 hex>") when a run's status.json ties it to a commit with no
     uncommitted edit, else (False, why). The report uses it to withhold verdicts."""

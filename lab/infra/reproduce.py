@@ -35,7 +35,8 @@ def main(argv=None):
     ap.add_argument("--only", default=None, help="comma-separated name prefixes, e.g. 01,05")
     ap.add_argument("--runs-dir", default=None, help="default $LAB_RUNS_DIR or runs/")
     ap.add_argument("--notebooks", default=None, help="folder of notebooks (default notebooks/)")
-    ap.add_argument("--reuse", action="store_true", help="keep identical finished runs")
+    ap.add_argument("--reuse", action="store_true",
+                    help="keep finished runs of the same parameters and the same committed code")
     ap.add_argument("--kernel", default="python3")
     args = ap.parse_args(argv)
     only = [o.strip() for o in args.only.split(",") if o.strip()] if args.only else None
