@@ -28,14 +28,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # module -> (source file, fast tests that cover it, mutant-name patterns: None = every function)
 MODULES = {
-    "geometry": ("lab/geometry.py", ["tests/test_geometry.py"], None),
+    "geometry": ("lab/geometry.py", ["tests/test_geometry.py", "tests/test_mutants_more.py"], None),
     "flows": ("lab/flows.py", ["tests/test_flows_samplers.py"], None),
     "samplers": ("lab/samplers.py", ["tests/test_flows_samplers.py", "tests/test_evaluate.py"], None),
     # the generator's step only: the loop, checkpoints and CLI are covered by test_train's slow tests
     "train": ("lab/train.py", ["tests/test_flows_samplers.py", "tests/test_train.py"],
               ["lab.train.x_step_seed*", "lab.train.x_global_batch*", "lab.train.x_fm_step_loss*",
                "lab.train.x_default_precision*", "lab.train.x_model_autocast*"]),
-    "evaluate": ("lab/evaluate.py", ["tests/test_evaluate.py"], None),
+    "evaluate": ("lab/evaluate.py", ["tests/test_evaluate.py", "tests/test_generation_eval.py", "tests/test_mutants_more.py"], None),
     "metrics": ("lab/metrics.py", ["tests/test_metrics_more.py", "tests/test_metrics.py",
                                 "tests/test_metrics_values.py", "tests/test_metrics_linear_probe.py",
                                 "tests/test_metrics_sharded.py", "tests/test_metrics_wiring.py"], None),
