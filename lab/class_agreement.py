@@ -37,7 +37,6 @@ def agreement(classifier, features, requested):
     return float((classifier.predict(np.asarray(features)) == requested).mean())
 
 
-
 def reference(train_feats, train_labels, test_feats, test_labels):
     """The real-image side of a comparison: the classifier fitted on the training images' features and
     its accuracy on the held-out images' features (the classifier's own ceiling)."""

@@ -351,19 +351,23 @@ def latents(name, x, *, data="fashion", n=2048, size=64, gae_steps=300, vae_step
 def real_features(x, key, size=64):
     """EfficientNet-Lite0 features (class_agreement.image_features at `size` px) of real images x, saved
     once under runs/_zoo/features-<hash>/ keyed by `key` (a dict naming the images: data set, split, n,
-    image size): every notebook, configuration and seed compares against one featurisation."""
+    image size): every notebook, configuration and seed compares against one featurisation. The file
+    is written with its size and sha256 (cache.write_verified) and checked on every load."""
     folder = recipe_dir("features", dict(key, feature_size=size))
     path = folder / "features.npy"
     with lock(folder):
         if path.is_file():
             try:
+                cache.verify_file(path, what="real-image features")
                 return np.load(path)
-            except (ValueError, OSError) as err:  # a cut file: say so, then rebuild it
+            except (cache.CorruptFile, ValueError, OSError) as err:  # a cut file: say so, then rebuild it
                 safe_files.set_aside(path, f"unreadable ({err})")
         feats = class_agreement.image_features(x, size=size)
-        tmp = folder / "features.tmp.npy"
-        np.save(tmp, feats)
-        tmp.replace(path)
+
+        def write(tmp):
+            with open(tmp, "wb") as f:
+                np.save(f, feats)
+        cache.write_verified(path, write)
     return feats
 
 

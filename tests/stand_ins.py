@@ -16,6 +16,21 @@ class Patchify(torch.nn.Module):
         return F.pixel_shuffle(z.transpose(1, 2).reshape(len(z), 48, 4, 4), 4)
 
 
+class PooledConv(torch.nn.Module):
+    """A stand-in for Inception's pool3: a fixed random 1×1 convolution to `dim` channels and global
+    pooling, [B, dim, 1, 1]. Records each batch's size in `.seen`."""
+
+    def __init__(self, dim, seed):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, dim, 1)
+        torch.nn.init.normal_(self.conv.weight, generator=torch.Generator().manual_seed(seed))
+        self.seen = []
+
+    def forward(self, x):
+        self.seen.append(len(x))
+        return self.conv(x).mean((2, 3), keepdim=True)
+
+
 def mse(a, b):
     return (a - b).pow(2).flatten(1).mean(1)
 

@@ -8,6 +8,7 @@ import torch
 import lab  # noqa: F401
 from lab import metrics
 from lab.infra import feature_nets
+from stand_ins import PooledConv
 
 
 def ids(n):
@@ -70,19 +71,8 @@ def test_batch_moments_of_shards_add_up():
     assert whole["sum"].device.type == "cpu" and whole["sum"].dtype == torch.float64
 
 
-class StubInception(torch.nn.Module):
-    """A 1×1 convolution and global pooling: [B, D, 1, 1] like pool3 (D = 6 here, for speed)."""
-    def __init__(self):
-        super().__init__()
-        self.conv = torch.nn.Conv2d(3, 6, 1)
-        torch.nn.init.normal_(self.conv.weight, generator=torch.Generator().manual_seed(1))
-
-    def forward(self, x):
-        return self.conv(x).mean((2, 3), keepdim=True)
-
-
 def test_inception_path_reaches_the_users_network(monkeypatch, tmp_path):
-    stub = StubInception().eval()
+    stub = PooledConv(6, seed=1).eval()  # [B, 6, 1, 1] like pool3 (6-d, for speed)
     seen = []
     monkeypatch.setattr(feature_nets, "inception_fid", lambda path: seen.append(path) or stub)
     monkeypatch.setitem(metrics.FEATURE_DIMS, "inception", 6)

@@ -13,20 +13,9 @@ import torch.distributed as dist
 
 from lab import metrics
 from lab.infra import feature_nets
+from stand_ins import PooledConv
 
 CTX = mp.get_context("fork")  # the children inherit the stub network and the monkeypatches
-
-
-class Stub(torch.nn.Module):
-    """A fixed 1×1 convolution and global pooling, [B, 5, 1, 1] like Inception's pool3 (5-d here)."""
-    def __init__(self):
-        super().__init__()
-        self.conv = torch.nn.Conv2d(3, 5, 1)
-        torch.nn.init.normal_(self.conv.weight, generator=torch.Generator().manual_seed(4))
-
-    def forward(self, x):
-        self.seen.append(len(x))
-        return self.conv(x).mean((2, 3), keepdim=True)
 
 
 def _rank(rank, init_file, path, a, b, out):
@@ -48,7 +37,7 @@ def _rank(rank, init_file, path, a, b, out):
 
 
 def test_sharded_fd_on_two_gloo_ranks_equals_one_process(monkeypatch, tmp_path):
-    stub = Stub().eval()
+    stub = PooledConv(5, seed=4).eval()  # 5-d features
     stub.seen = []
     path = str(tmp_path / "stub_inception.pth")
     monkeypatch.setattr(feature_nets, "inception_fid", lambda p: stub)

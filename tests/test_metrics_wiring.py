@@ -11,14 +11,18 @@ from lab import encoders, metrics
 from lab.infra import feature_nets
 
 
-class Effnet(torch.nn.Module):
-    """forward_features = identity, head = channel means: features are the normalised images' means."""
-    pretrained_cfg = {"mean": (0.1, 0.2, 0.3), "std": (0.5, 0.25, 2.0)}  # not ImageNet's
+class Recorder(torch.nn.Module):
+    """A stub network with one zero parameter (so it has a device) that records its input shapes."""
 
     def __init__(self):
         super().__init__()
         self.p = torch.nn.Parameter(torch.zeros(()))
         self.seen = []
+
+
+class Effnet(Recorder):
+    """forward_features = identity, head = channel means: features are the normalised images' means."""
+    pretrained_cfg = {"mean": (0.1, 0.2, 0.3), "std": (0.5, 0.25, 2.0)}  # not ImageNet's
 
     def forward_features(self, x):
         self.seen.append(tuple(x.shape))
@@ -29,16 +33,11 @@ class Effnet(torch.nn.Module):
         return f.mean((2, 3))
 
 
-class Vit(torch.nn.Module):
+class Vit(Recorder):
     """Patch 16: tokens are the 16×16 block means, after one prefix token."""
     patch_embed = types.SimpleNamespace(patch_size=(16, 16))
     num_prefix_tokens = 1
     pretrained_cfg = {"mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25)}
-
-    def __init__(self):
-        super().__init__()
-        self.p = torch.nn.Parameter(torch.zeros(()))
-        self.seen = []
 
     def forward_features(self, x):
         self.seen.append(tuple(x.shape))
@@ -46,12 +45,7 @@ class Vit(torch.nn.Module):
         return torch.cat([torch.ones_like(tok[:, :1]), tok], 1)
 
 
-class Lpips(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.p = torch.nn.Parameter(torch.zeros(()))
-        self.seen = []
-
+class Lpips(Recorder):
     def forward(self, a, b):
         self.seen.append(len(a))
         return (a - b).pow(2).mean((1, 2, 3), keepdim=True) + self.p
