@@ -17,6 +17,7 @@ import torch
 from lab import class_agreement, encoders
 from lab import data as datasets
 from lab.infra import cache, latent_cache, safe_files
+from lab.infra.workers import cpus, default_workers, train_in_workers  # noqa: F401 (cpus: re-exported)
 from lab import check_choice, runs, trainutil
 from lab.autoencoders.decoder import ConvDecoder
 from lab.autoencoders.gae import GAE
@@ -291,6 +292,26 @@ def device():
     return trainutil.pick_device(os.environ.get("LAB_DEVICE"))
 
 
+# ----------------------------------------------------------------------------- training several recipes at once
+
+
+def parallel(calls, workers=None):
+    """Train (or load) the recipes of `calls`, a list of (zoo function, kwargs), in `workers` one-thread
+    worker processes (lab.infra.workers.default_workers: 2 on the 2-core CPU, 1 on a GPU), then load
+    each here; returns their results in order. The workers write the same recipe folders, under the
+    same locks, as a plain call, so a later plain call or another notebook loads them.
+    """
+    named = [(fn if isinstance(fn, str) else fn.__name__, dict(kw)) for fn, kw in calls]
+    for name, _ in named:
+        if name not in _PARALLEL:
+            raise ValueError(f"zoo.parallel trains one of {', '.join(_PARALLEL)}, got {name!r}")
+    fns = [(globals()[name], kw) for name, kw in named]
+    workers = default_workers(len(fns)) if workers is None else max(1, int(workers))
+    if workers > 1 and len(fns) > 1:
+        train_in_workers(fns, workers, log_dir=root() / "_workers")
+    return [fn(**kw) for fn, kw in fns]
+
+
 AUTOENCODERS = ("gae", "sphvae")
 
 
@@ -399,3 +420,6 @@ def generation_data(kind, *, data="fashion", n=2048, size=64, steps=2500, n_test
     ref = class_agreement.reference(train_feats, y_clf, real_feats, y_test)
     return dict(ae=ae, key=key, z=z, labels=labels, x_test=x_test, y_test=y_test, z_test=z_test,
                 real_feats=real_feats, feature_size=feature_size, **ref)
+
+
+_PARALLEL = ("generator", "hae", "rae", "gae", "spherical_vae")

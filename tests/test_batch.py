@@ -136,7 +136,7 @@ def test_reproduce_runs_all_in_order_and_continues_past_failures(tmp_path, monke
         return {"status": "done", "dir": f"runs/{nb.stem}/x", "error": None}
 
     monkeypatch.setattr(reproduce.nbtools, "execute", fake_execute)
-    code = reproduce.main(["--notebooks", str(folder)])
+    code = reproduce.main(["--notebooks", str(folder), "--jobs", "1"])
     out = capsys.readouterr().out.splitlines()
     assert code == 1 and seen == ["01_a", "02_b", "03_c"]
     assert out[0].startswith("[1/3] 01_a") and " done " in out[0]
@@ -144,6 +144,45 @@ def test_reproduce_runs_all_in_order_and_continues_past_failures(tmp_path, monke
     assert out[2] == "    error: ValueError: broken"
     assert out[-1].startswith("total ") and out[-1].endswith("2 done, 1 failed: 02_b")
     seen.clear()
-    assert reproduce.main(["--notebooks", str(folder), "--only", "01,03"]) == 0
+    assert reproduce.main(["--notebooks", str(folder), "--only", "01,03", "--jobs", "1"]) == 0
     assert seen == ["01_a", "03_c"]
     assert reproduce.main(["--notebooks", str(folder), "--only", "09"]) == 2
+
+
+def test_reproduce_lanes_run_two_at_once_longest_first_with_a_share_of_the_cores(tmp_path, monkeypatch, capsys):
+    """--jobs 2: two notebooks at a time in subprocesses, the long ones started first, each told its
+    share of the cores; a failure is reported and the rest still run; one line per notebook."""
+    import threading
+    import time as _time
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    for name in ("00_x", "03_y", "05_big", "07_big2", "08_z"):
+        make_notebook(folder, name)
+    started, running, peak, envs, lock = [], [0], [0], [], threading.Lock()
+
+    def fake_executor(nb, params, *, gpu, runs_dir, reuse, kernel="python3", env=None):
+        with lock:
+            started.append(nb.stem)
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+            envs.append(env)
+        _time.sleep(0.05)
+        with lock:
+            running[0] -= 1
+        if nb.stem == "03_y":
+            return {"status": "failed", "dir": None, "error": "RuntimeError: boom"}
+        return {"status": "done", "dir": f"runs/{nb.stem}/x", "error": None, "reused": reuse}
+
+    monkeypatch.setattr(reproduce.batch, "subprocess_executor", fake_executor)
+    monkeypatch.setattr(reproduce.os, "cpu_count", lambda: 2)
+    code = reproduce.main(["--notebooks", str(folder), "--jobs", "2", "--reuse"])
+    out = capsys.readouterr().out.splitlines()
+    assert code == 1 and peak[0] == 2
+    assert started[:2] == ["05_big", "07_big2"] and sorted(started) == ["00_x", "03_y", "05_big", "07_big2", "08_z"]
+    assert all(e == {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "LAB_CPUS": "1"} for e in envs)
+    lines = [line for line in out if line.startswith("[")]
+    assert len(lines) == 5 and [line[:5] for line in lines] == [f"[{i}/5]" for i in range(1, 6)]
+    assert any("03_y" in line and " failed " in line for line in lines)
+    assert "    error: RuntimeError: boom" in out
+    assert out[-1].endswith("4 done, 1 failed: 03_y")
+    assert reproduce.main(["--notebooks", str(folder), "--jobs", "0"]) == 2

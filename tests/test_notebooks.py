@@ -99,6 +99,10 @@ def radial_shares_hold_by_construction(m, run_dir):
                 assert 0 <= m[claims.seed_key(claims.share_key(name, "linear", where), s)] <= 1, name
     for where in ("start", "end"):  # standardised tokens (norm √C) against a Gaussian prior: 0.5
         assert m[claims.seed_key(claims.share_key("dino_affine_free", "linear", where), 0)] == pytest.approx(0.5, abs=0.08)
+    # the HAEs the notebook trains up front (zoo.parallel) are the ones zoo.latents then loads: one per seed
+    smoke = SMOKE["02_radial_share"]
+    haes = [json.loads(d.read_text())["recipe"] for d in (run_dir.parents[1] / "_zoo").glob("hae-*/done.json")]
+    assert len([r for r in haes if r["data"] == "photos" and r["n"] == smoke["n_train"] and r["steps"] == smoke["hae_steps"]]) == smoke["seeds"]
 
 
 def accuracies_are_fractions(m, run_dir):

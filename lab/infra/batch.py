@@ -66,9 +66,9 @@ def visible_gpus():
         return [None]
 
 
-def subprocess_executor(notebook, params, *, gpu, runs_dir, reuse, kernel="python3"):
-    """Run one grid point as `python -m lab.infra.nbtools` with CUDA_VISIBLE_DEVICES=gpu."""
-    env = dict(os.environ)
+def subprocess_executor(notebook, params, *, gpu, runs_dir, reuse, kernel="python3", env=None):
+    """Run one grid point as `python -m lab.infra.nbtools` with CUDA_VISIBLE_DEVICES=gpu (and `env` added)."""
+    env = dict(os.environ, **(env or {}))
     root = str(runs.repo_root())
     env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(
         os.pathsep) if p and p != root])

@@ -1,18 +1,30 @@
-"""Run every notebook in notebooks/ on its defaults, in order, one progress line each.
+"""Run every notebook in notebooks/ on its defaults, one progress line each as it finishes.
 
-    python -m lab.infra.reproduce [--only 01,05] [--runs-dir DIR] [--reuse]
+    python -m lab.infra.reproduce [--only 01,05] [--runs-dir DIR] [--reuse] [--jobs N]
 
 Each notebook goes through `lab.infra.nbtools.execute` (its own run folder, executed notebook inside);
 a failure is reported and the next notebook still runs; the exit code is 1 if any failed.
 `make reproduce` runs this and then `python -m lab.infra.report`.
+
+--jobs N (default: 2 on a CPU-only machine with 2+ cores, else 1) runs N notebooks at once, each in
+its own process with an equal share of the cores (OMP_NUM_THREADS and LAB_CPUS), longest first.
+Why: on the 2-core machine the probes and metrics of a notebook barely use a second thread (notebook
+03: 134 s at 2 threads, 133 s at 1), so two notebooks side by side finish sooner than one after the
+other. Notebooks that share a trained model wait for it on the zoo's lock; none trains it twice.
 """
 import argparse
+import os
 import sys
+import threading
 import time
 from pathlib import Path
 
 from lab import runs
-from lab.infra import nbtools
+from lab.infra import batch, nbtools
+
+# minutes each notebook took at one thread on the 2-core machine (2026-11-23): the lanes take the
+# longest first, so the two big ones start together and the short ones fill in at the end
+MINUTES = {"05": 35, "07": 33, "02": 16, "06": 10, "01": 5, "00": 4, "03": 2, "08": 2, "04": 0.2}
 
 
 def notebooks(folder=None, only=None):
@@ -30,6 +42,80 @@ def notebooks(folder=None, only=None):
     return picked
 
 
+def run_in_order(todo, *, runs_dir=None, reuse=False, kernel="python3"):
+    """Run `todo` one after the other in this process; print one line per notebook; return the failed stems."""
+    width, failed = max(len(p.stem) for p in todo), []
+    for i, nb in enumerate(todo, 1):
+        print(_head(i, len(todo), nb, width), end="", flush=True)  # which notebook is running, while it runs
+        t0 = time.perf_counter()
+        try:
+            res = nbtools.execute(nb, {}, runs_dir=runs_dir, kernel=kernel, reuse=reuse)
+        except Exception as e:  # a broken notebook file must not stop the others
+            res = {"status": "failed", "dir": None, "error": f"{type(e).__name__}: {e}"}
+        print(_tail(res, time.perf_counter() - t0), flush=True)
+        if res["status"] != "done":
+            failed.append(nb.stem)
+    return failed
+
+
+def default_jobs():
+    """2 on a CPU-only machine with at least 2 cores (the embedded default), 1 where a GPU is visible."""
+    import torch
+    if torch.cuda.is_available() or (os.cpu_count() or 1) < 2:
+        return 1
+    return 2
+
+
+def longest_first(todo):
+    return sorted(todo, key=lambda p: -MINUTES.get(p.stem[:2], 5))
+
+
+def _head(i, n, nb, width):
+    return f"[{i}/{n}] {nb.stem:<{width}} "
+
+
+def _tail(res, seconds):
+    note = " (reused)" if res.get("reused") else ""
+    out = f"{res['status']:<6} {seconds:7.1f} s  {res.get('dir') or ''}{note}"
+    if res["status"] != "done":
+        out += f"\n    error: {(res.get('error') or 'unknown').splitlines()[0][:300]}"
+    return out
+
+
+def run_lanes(todo, jobs, *, runs_dir=None, reuse=False, kernel="python3"):
+    """Run `todo` in `jobs` lanes (subprocesses, cores shared equally), longest first; print one line per
+    notebook as it finishes; return the stems that failed."""
+    share = max(1, (os.cpu_count() or 1) // jobs)
+    env = {"OMP_NUM_THREADS": str(share), "MKL_NUM_THREADS": str(share), "LAB_CPUS": str(share)}
+    queue, failed, lock = longest_first(todo), [], threading.Lock()
+    width, done = max(len(p.stem) for p in todo), [0]
+
+    def lane():
+        while True:
+            with lock:
+                if not queue:
+                    return
+                nb = queue.pop(0)
+            t0 = time.perf_counter()
+            try:
+                res = batch.subprocess_executor(nb, {}, gpu=None, runs_dir=runs_dir, reuse=reuse, kernel=kernel,
+                                                env=env)
+            except Exception as e:  # a broken notebook file must not stop the others
+                res = {"status": "failed", "dir": None, "error": f"{type(e).__name__}: {e}"}
+            with lock:
+                done[0] += 1
+                print(_head(done[0], len(todo), nb, width) + _tail(res, time.perf_counter() - t0), flush=True)
+                if res["status"] != "done":
+                    failed.append(nb.stem)
+
+    threads = [threading.Thread(target=lane) for _ in range(min(jobs, len(todo)))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return failed
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m lab.infra.reproduce", description=__doc__.split("\n")[0])
     ap.add_argument("--only", default=None, help="comma-separated name prefixes, e.g. 01,05")
@@ -38,7 +124,13 @@ def main(argv=None):
     ap.add_argument("--reuse", action="store_true",
                     help="keep finished runs of the same parameters and the same committed code")
     ap.add_argument("--kernel", default="python3")
+    ap.add_argument("--jobs", type=int, default=None,
+                    help="notebooks at once, each with an equal share of the cores (default: 2 on a CPU-only "
+                         "machine with 2+ cores, else 1)")
     args = ap.parse_args(argv)
+    if args.jobs is not None and args.jobs < 1:
+        print(f"error: --jobs must be >= 1, got {args.jobs}", file=sys.stderr)
+        return 2
     only = [o.strip() for o in args.only.split(",") if o.strip()] if args.only else None
     try:
         todo = notebooks(args.notebooks, only)
@@ -48,23 +140,12 @@ def main(argv=None):
     if not todo:
         print("no notebooks to run", file=sys.stderr)
         return 2
-    width = max(len(p.stem) for p in todo)
+    jobs = default_jobs() if args.jobs is None else args.jobs
     t_all = time.perf_counter()
-    failed = []
-    for i, nb in enumerate(todo, 1):
-        print(f"[{i}/{len(todo)}] {nb.stem:<{width}} ", end="", flush=True)
-        t0 = time.perf_counter()
-        try:
-            res = nbtools.execute(nb, {}, runs_dir=args.runs_dir, kernel=args.kernel,
-                                  reuse=args.reuse)
-        except Exception as e:  # a broken notebook file must not stop the others
-            res = {"status": "failed", "dir": None, "error": f"{type(e).__name__}: {e}"}
-        seconds = time.perf_counter() - t0
-        note = " (reused)" if res.get("reused") else ""
-        print(f"{res['status']:<6} {seconds:7.1f} s  {res.get('dir') or ''}{note}", flush=True)
-        if res["status"] != "done":
-            failed.append(nb.stem)
-            print(f"    error: {(res.get('error') or 'unknown').splitlines()[0][:300]}", flush=True)
+    if jobs > 1 and len(todo) > 1:
+        failed = run_lanes(todo, jobs, runs_dir=args.runs_dir, reuse=args.reuse, kernel=args.kernel)
+    else:
+        failed = run_in_order(todo, runs_dir=args.runs_dir, reuse=args.reuse, kernel=args.kernel)
     total = time.perf_counter() - t_all
     print(f"total {total:.1f} s ({total / 60:.1f} min): {len(todo) - len(failed)} done, "
           f"{len(failed)} failed{': ' + ', '.join(failed) if failed else ''}")
