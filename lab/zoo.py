@@ -17,7 +17,7 @@ import torch
 from lab import class_agreement, encoders
 from lab import data as datasets
 from lab.infra import cache, latent_cache, safe_files
-from lab.infra.workers import cpus, default_workers, train_in_workers  # noqa: F401 (cpus: re-exported)
+from lab.infra.workers import default_workers, train_in_workers
 from lab import check_choice, runs, trainutil
 from lab.autoencoders.decoder import ConvDecoder
 from lab.autoencoders.gae import GAE
@@ -295,6 +295,9 @@ def device():
 # ----------------------------------------------------------------------------- training several recipes at once
 
 
+_PARALLEL = ("generator", "hae", "rae", "gae", "spherical_vae")  # the recipes zoo.parallel may train
+
+
 def parallel(calls, workers=None):
     """Train (or load) the recipes of `calls`, a list of (zoo function, kwargs), in `workers` one-thread
     worker processes (lab.infra.workers.default_workers: 2 on the 2-core CPU, 1 on a GPU), then load
@@ -420,6 +423,3 @@ def generation_data(kind, *, data="fashion", n=2048, size=64, steps=2500, n_test
     ref = class_agreement.reference(train_feats, y_clf, real_feats, y_test)
     return dict(ae=ae, key=key, z=z, labels=labels, x_test=x_test, y_test=y_test, z_test=z_test,
                 real_feats=real_feats, feature_size=feature_size, **ref)
-
-
-_PARALLEL = ("generator", "hae", "rae", "gae", "spherical_vae")

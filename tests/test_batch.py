@@ -1,4 +1,5 @@
 """lab.infra.batch (grid parsing, GPU slots, resume, SLURM script) and lab.infra.reproduce, with fake executors."""
+import os
 import threading
 import time
 
@@ -152,8 +153,6 @@ def test_reproduce_runs_all_in_order_and_continues_past_failures(tmp_path, monke
 def test_reproduce_lanes_run_two_at_once_longest_first_with_a_share_of_the_cores(tmp_path, monkeypatch, capsys):
     """--jobs 2: two notebooks at a time in subprocesses, the long ones started first, each told its
     share of the cores; a failure is reported and the rest still run; one line per notebook."""
-    import threading
-    import time as _time
     folder = tmp_path / "notebooks"
     folder.mkdir()
     for name in ("00_x", "03_y", "05_big", "07_big2", "08_z"):
@@ -166,7 +165,7 @@ def test_reproduce_lanes_run_two_at_once_longest_first_with_a_share_of_the_cores
             running[0] += 1
             peak[0] = max(peak[0], running[0])
             envs.append(env)
-        _time.sleep(0.05)
+        time.sleep(0.05)
         with lock:
             running[0] -= 1
         if nb.stem == "03_y":
@@ -174,7 +173,8 @@ def test_reproduce_lanes_run_two_at_once_longest_first_with_a_share_of_the_cores
         return {"status": "done", "dir": f"runs/{nb.stem}/x", "error": None, "reused": reuse}
 
     monkeypatch.setattr(reproduce.batch, "subprocess_executor", fake_executor)
-    monkeypatch.setattr(reproduce.os, "cpu_count", lambda: 2)
+    monkeypatch.delenv("LAB_CPUS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
     code = reproduce.main(["--notebooks", str(folder), "--jobs", "2", "--reuse"])
     out = capsys.readouterr().out.splitlines()
     assert code == 1 and peak[0] == 2

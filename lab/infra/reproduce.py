@@ -13,7 +13,6 @@ Why: on the 2-core machine the probes and metrics of a notebook barely use a sec
 other. Notebooks that share a trained model wait for it on the zoo's lock; none trains it twice.
 """
 import argparse
-import os
 import sys
 import threading
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 
 from lab import runs
 from lab.infra import batch, nbtools
+from lab.infra.workers import cpus
 
 # minutes each notebook took at one thread on the 2-core machine (2026-11-23): the lanes take the
 # longest first, so the two big ones start together and the short ones fill in at the end
@@ -48,20 +48,25 @@ def run_in_order(todo, *, runs_dir=None, reuse=False, kernel="python3"):
     for i, nb in enumerate(todo, 1):
         print(_head(i, len(todo), nb, width), end="", flush=True)  # which notebook is running, while it runs
         t0 = time.perf_counter()
-        try:
-            res = nbtools.execute(nb, {}, runs_dir=runs_dir, kernel=kernel, reuse=reuse)
-        except Exception as e:  # a broken notebook file must not stop the others
-            res = {"status": "failed", "dir": None, "error": f"{type(e).__name__}: {e}"}
+        res = _guarded(lambda: nbtools.execute(nb, {}, runs_dir=runs_dir, kernel=kernel, reuse=reuse))
         print(_tail(res, time.perf_counter() - t0), flush=True)
         if res["status"] != "done":
             failed.append(nb.stem)
     return failed
 
 
+def _guarded(run_one):
+    """run_one()'s result dict, or a failed one: a broken notebook file must not stop the others."""
+    try:
+        return run_one()
+    except Exception as e:
+        return {"status": "failed", "dir": None, "error": f"{type(e).__name__}: {e}"}
+
+
 def default_jobs():
-    """2 on a CPU-only machine with at least 2 cores (the embedded default), 1 where a GPU is visible."""
-    import torch
-    if torch.cuda.is_available() or (os.cpu_count() or 1) < 2:
+    """2 where the lab runs on the CPU (trainutil.pick_device) with at least 2 cores, else 1."""
+    from lab.trainutil import pick_device
+    if pick_device().type != "cpu" or cpus() < 2:
         return 1
     return 2
 
@@ -85,7 +90,7 @@ def _tail(res, seconds):
 def run_lanes(todo, jobs, *, runs_dir=None, reuse=False, kernel="python3"):
     """Run `todo` in `jobs` lanes (subprocesses, cores shared equally), longest first; print one line per
     notebook as it finishes; return the stems that failed."""
-    share = max(1, (os.cpu_count() or 1) // jobs)
+    share = max(1, cpus() // jobs)
     env = {"OMP_NUM_THREADS": str(share), "MKL_NUM_THREADS": str(share), "LAB_CPUS": str(share)}
     queue, failed, lock = longest_first(todo), [], threading.Lock()
     width, done = max(len(p.stem) for p in todo), [0]
@@ -97,11 +102,8 @@ def run_lanes(todo, jobs, *, runs_dir=None, reuse=False, kernel="python3"):
                     return
                 nb = queue.pop(0)
             t0 = time.perf_counter()
-            try:
-                res = batch.subprocess_executor(nb, {}, gpu=None, runs_dir=runs_dir, reuse=reuse, kernel=kernel,
-                                                env=env)
-            except Exception as e:  # a broken notebook file must not stop the others
-                res = {"status": "failed", "dir": None, "error": f"{type(e).__name__}: {e}"}
+            res = _guarded(lambda: batch.subprocess_executor(nb, {}, gpu=None, runs_dir=runs_dir, reuse=reuse,
+                                                             kernel=kernel, env=env))
             with lock:
                 done[0] += 1
                 print(_head(done[0], len(todo), nb, width) + _tail(res, time.perf_counter() - t0), flush=True)

@@ -25,7 +25,7 @@ def default_workers(n_calls):
     if env:
         return max(1, int(env))
     from lab.trainutil import pick_device
-    if pick_device(os.environ.get("LAB_DEVICE")).type != "cpu":
+    if pick_device().type != "cpu":
         return 1
     return max(1, min(cpus(), n_calls))
 
