@@ -11,7 +11,6 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from lab import class_agreement, encoders
@@ -20,6 +19,7 @@ from lab.infra import cache, latent_cache, safe_files
 from lab.infra.workers import default_workers, train_in_workers
 from lab import check_choice, runs, trainutil
 from lab.autoencoders.decoder import ConvDecoder
+from lab.autoencoders.fit import precompute
 from lab.autoencoders.gae import GAE
 from lab.autoencoders.hae import HAE
 from lab.autoencoders.rae import RAE
@@ -153,9 +153,14 @@ def rae(data="fashion", n=2048, size=64, decoder="vit", noise_tau=0.0, steps=400
     torch.manual_seed(seed)
     enc = encoder if encoder == "dinov2_s_imgfocus" else encoders.vit(encoder, weights=encoder_weights)
     ae = RAE(encoder=enc, decoder=decoder, image_size=size, noise_tau=noise_tau, encoder_norm=encoder_norm)
-    return _train_or_load("rae", recipe, ae, lambda out: train_rae(
-        ae, images(data, n, size, root=data_root)[0], steps=steps, batch_size=batch_size, lr=lr, out_dir=out,
-        noise_tau=noise_tau, lpips_weight=lpips_weight, seed=seed))
+
+    def train(out):
+        x = images(data, n, size, root=data_root)[0]
+        named = encoder if encoder == "dinov2_s_imgfocus" else f"{encoder}:{encoder_weights}"
+        tokens = vfm_tokens(ae, _vfm_key(named, ae.grid, encoder_norm, data, n, size, data_root), x)
+        return train_rae(ae, x, steps=steps, batch_size=batch_size, lr=lr, out_dir=out, noise_tau=noise_tau,
+                         lpips_weight=lpips_weight, tokens=tokens, seed=seed)
+    return _train_or_load("rae", recipe, ae, train)
 
 
 def gae(data="fashion", n=2048, size=64, latent_dim=32, align="latent", teacher="svd", noise_std=0.2,
@@ -170,9 +175,14 @@ def gae(data="fashion", n=2048, size=64, latent_dim=32, align="latent", teacher=
     recipe = _with_root(recipe, data_root)
     torch.manual_seed(seed)
     ae = GAE(image_size=size, latent_dim=latent_dim, align=align, teacher=teacher, noise_std=noise_std)
-    return _train_or_load("gae", recipe, ae, lambda out: train_gae(
-        ae, images(data, n, size, root=data_root)[0], steps=steps, batch_size=batch_size, lr=lr, out_dir=out,
-        align_weight=align_weight, seed=seed))
+
+    def train(out):
+        x = images(data, n, size, root=data_root)[0]
+        feats = vfm_tokens(ae, _vfm_key("dinov2_s_imgfocus", [g * ae.vfm_factor for g in ae.grid], "model", data, n, size,
+                                            data_root), x)
+        return train_gae(ae, x, steps=steps, batch_size=batch_size, lr=lr, out_dir=out, align_weight=align_weight,
+                         vfm_feats=feats, seed=seed)
+    return _train_or_load("gae", recipe, ae, train)
 
 
 def hae(data="photos", n=2048, size=64, stem="conv", align="cosine", steps=100, stage2_steps=None,
@@ -375,24 +385,34 @@ def latents(name, x, *, data="fashion", n=2048, size=64, gae_steps=300, vae_step
 def real_features(x, key, size=64):
     """EfficientNet-Lite0 features (class_agreement.image_features at `size` px) of real images x, saved
     once under runs/_zoo/features-<hash>/ keyed by `key` (a dict naming the images: data set, split, n,
-    image size): every notebook, configuration and seed compares against one featurisation. The file
-    is written with its size and sha256 (cache.write_verified) and checked on every load."""
-    folder = recipe_dir("features", dict(key, feature_size=size))
-    path = folder / "features.npy"
-    with lock(folder):
-        if path.is_file():
-            try:
-                cache.verify_file(path, what="real-image features")
-                return np.load(path)
-            except (cache.CorruptFile, ValueError, OSError) as err:  # a cut file: say so, then rebuild it
-                safe_files.set_aside(path, f"unreadable ({err})")
-        feats = class_agreement.image_features(x, size=size)
+    image size): every notebook, configuration and seed compares against one featurisation."""
+    return _cached_array("features", dict(key, feature_size=size), lambda: class_agreement.image_features(x, size=size),
+                         "real-image features")
 
-        def write(tmp):
-            with open(tmp, "wb") as f:
-                np.save(f, feats)
-        cache.write_verified(path, write)
-    return feats
+
+def _cached_array(name, key, compute, what):
+    """compute() (a numpy array) saved once under runs/_zoo/<name>-<hash of key>/<name>.npy, checked
+    against its size and sha256 on every load (safe_files.npy_once)."""
+    folder = recipe_dir(name, key)
+    with lock(folder):
+        return safe_files.npy_once(folder / f"{name}.npy", compute, what)
+
+
+def _vfm_key(encoder, grid, norm, data, n, size, data_root):
+    """Names a frozen encoder's tokens of a training set: equal keys, equal tokens."""
+    return _with_root(dict(encoder=encoder, grid=list(grid), norm=norm, data=data, n=n, size=size), data_root)
+
+
+def vfm_tokens(ae, key, x):
+    """Frozen-encoder tokens of training images x (ae.vfm_features of a GAE, ae.teacher_features of an
+    RAE), one pass per encoder, grid, data set and size (`key`, _vfm_key), saved under runs/_zoo/vfm-*:
+    the GAEs of notebooks 05-07 (every alignment and seed) and the RAEs of 07 share it."""
+    fn, dev = (ae.vfm_features if isinstance(ae, GAE) else ae.teacher_features), device()
+
+    def compute():
+        ae.to(dev)
+        return precompute(fn, x, device=dev, desc="VFM tokens").numpy()
+    return torch.from_numpy(_cached_array("vfm", key, compute, "frozen-encoder tokens"))
 
 
 def generation_data(kind, *, data="fashion", n=2048, size=64, steps=2500, n_test=1000, feature_size=64,

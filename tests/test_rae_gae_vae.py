@@ -238,3 +238,58 @@ def test_noise_robustness_curve_and_recon_metrics():
     assert curve[0]["psnr"] == pytest.approx(per_image.mean().item(), rel=1e-5)
     m = recon_metrics(ae, x, batch_size=3, lpips=False)
     assert m["psnr"] == pytest.approx(curve[0]["psnr"], rel=1e-6) and 0 < m["ssim"] <= 1
+
+
+def _counting(vit):
+    """Wrap a ViT's forward_features so the test can count the images it has seen."""
+    seen, inner = [0], vit.forward_features
+
+    def forward_features(x, *a, **kw):
+        seen[0] += len(x)
+        return inner(x, *a, **kw)
+    vit.forward_features = forward_features
+    return seen
+
+
+@pytest.mark.parametrize("align", ["latent", "post"])
+def test_gae_reads_one_pass_of_the_vfm_for_teacher_and_targets(align):
+    """Issue 11 budget: the teacher fit and the alignment targets read one pass of the frozen VFM
+    (it was two), and VFM tokens handed in (zoo shares them between GAEs) train the same weights
+    without a pass at all."""
+    x = tiny_images(16)
+    torch.manual_seed(0)
+    own = tiny_gae(align=align)
+    seen = _counting(own.vfm)
+    h_own = train_gae(own, x, steps=3, batch_size=4, lr=1e-3)
+    assert seen[0] == len(x)                       # one pass over the 16 images
+    torch.manual_seed(0)
+    shared = tiny_gae(align=align)
+    feats = torch.cat([shared.vfm_features(x[i:i + 5]) for i in range(0, len(x), 5)])
+    seen = _counting(shared.vfm)
+    h_shared = train_gae(shared, x, steps=3, batch_size=4, lr=1e-3, vfm_feats=feats)
+    assert seen[0] == 0
+    assert h_own["loss"] == pytest.approx(h_shared["loss"], rel=1e-6)
+    for (n, a), b in zip(own.state_dict().items(), shared.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), n
+
+
+def test_zoo_encodes_a_training_set_once_for_every_gae_and_rae(tmp_path, monkeypatch):
+    """The GAEs of one data set (every alignment, every seed) share one pass of the frozen DINO,
+    saved under runs/_zoo/vfm-*; an RAE's standardised tokens are another entry, shared by its
+    noise arms. A second process finds the file and computes nothing."""
+    from lab import zoo
+    monkeypatch.setenv("LAB_RUNS_DIR", str(tmp_path))
+    passes = []
+    real = zoo.precompute
+    monkeypatch.setattr(zoo, "precompute", lambda fn, x, **kw: passes.append(len(x)) or real(fn, x, **kw))
+    small = dict(data="digits", n=8, size=32, steps=1, batch_size=4)
+    gaes = [zoo.gae(align=a, seed=s, **small) for a, s in (("latent", 0), ("post", 0), ("latent", 1))]
+    assert passes == [8] and len(list(tmp_path.glob("_zoo/vfm-*/vfm.npy"))) == 1
+    zoo.rae(noise_tau=0.0, **small)
+    zoo.rae(noise_tau=0.8, **small)
+    assert passes == [8, 8] and len(list(tmp_path.glob("_zoo/vfm-*/vfm.npy"))) == 2
+    x = zoo.images("digits", n=8, size=32)[0]
+    with torch.no_grad():
+        expect = gaes[0].vfm_features(x)
+    key = zoo._vfm_key("dinov2_s_imgfocus", gaes[0].grid, "model", "digits", 8, 32, None)
+    assert torch.allclose(zoo.vfm_tokens(gaes[1], key, x), expect, atol=1e-5) and passes == [8, 8]

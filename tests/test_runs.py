@@ -453,3 +453,33 @@ def test_same_code_reuses_only_clean_runs_of_the_same_lab_and_notebooks(tmp_path
     git("commit", "-qam", "code changed")
     assert not provenance.same_code(ran, tmp_path)
     assert provenance.same_code({"commit": git("rev-parse", "HEAD"), "dirty": False}, tmp_path)
+
+
+def test_a_rewritten_reports_folder_does_not_stop_reuse(tmp_path):
+    """Issue 11 rerun: `make reproduce` rewrites the tracked reports/ and leaves the tree dirty
+    there; the code (lab/, notebooks/) is unchanged, so the second run must reuse the first's runs
+    and a run made now must still count as clean code. An edit under lab/ or notebooks/ (tracked
+    or untracked) still stops both."""
+    def git(*args):
+        return subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True,
+                              text=True).stdout.strip()
+    git("init", "-q")
+    git("config", "user.email", "t@t")
+    git("config", "user.name", "t")
+    for rel in ("lab/a.py", "notebooks/n.ipynb", "reports/README.md", "README.md"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("1\n")
+    git("add", ".")
+    git("commit", "-qm", "code")
+    ran = provenance.code_state(tmp_path)
+    (tmp_path / "reports/README.md").write_text("regenerated\n")
+    (tmp_path / "reports/new.png").write_bytes(b"png")
+    (tmp_path / "README.md").write_text("edited prose\n")
+    now = provenance.code_state(tmp_path)
+    assert now == ran and now["dirty"] is False            # only the code folders count
+    assert provenance.same_code(ran, tmp_path)
+    (tmp_path / "notebooks/extra.py").write_text("x = 1\n")  # untracked code
+    assert provenance.code_state(tmp_path)["dirty"] and not provenance.same_code(ran, tmp_path)
+    (tmp_path / "notebooks/extra.py").unlink()
+    (tmp_path / "lab/a.py").write_text("2\n")
+    assert provenance.code_state(tmp_path)["dirty"] and not provenance.same_code(ran, tmp_path)

@@ -224,7 +224,12 @@ class GAE(nn.Module):
     @torch.no_grad()
     def teacher_features(self, images01):
         """The alignment target: to_sphere(E_sp(f_vfm(x))) for 'latent', the VFM tokens otherwise."""
-        f = self.vfm_features(images01)
+        return self.targets_from(self.vfm_features(images01))
+
+    @torch.no_grad()
+    def targets_from(self, f):
+        """teacher_features from VFM tokens f = vfm_features(x) already computed: one pass of the
+        frozen VFM serves both the teacher fit and the targets (trainers.train_gae)."""
         return to_sphere(self.compact(f)) if self.align == "latent" else f
 
     def alignment_loss(self, mu, h, target):

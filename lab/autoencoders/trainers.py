@@ -97,10 +97,12 @@ def train_learned_teacher(teacher, feats, grid, steps=300, batch_size=64, lr=1e-
     return hist["loss"]
 
 
-def fit_teacher(ae, images, steps=300, lr=1e-3, seed=0, device=None):
+def fit_teacher(ae, images, steps=300, lr=1e-3, seed=0, device=None, feats=None):
     """Fit the GAE's compact teacher on the VFM tokens of `images` (SVD, or the learned downsampler
-    for `steps`); returns the learned teacher's losses ([] for SVD)."""
-    feats = precompute(ae.vfm_features, images, device=device, desc="VFM tokens")
+    for `steps`); returns the learned teacher's losses ([] for SVD). feats: those tokens
+    (ae.vfm_features of every image), if already computed."""
+    if feats is None:
+        feats = precompute(ae.vfm_features, images, device=device, desc="VFM tokens")
     if ae.teacher_kind == "svd":
         ae.teacher.fit(feats)
         return []
@@ -109,12 +111,14 @@ def fit_teacher(ae, images, steps=300, lr=1e-3, seed=0, device=None):
 
 def train_gae(ae, data, steps=2000, batch_size=32, lr=2e-4, out_dir=None, resume=True, noise_std=None,
               align_weight=1.0, l1_weight=1.0, lpips_weight=0.0, teacher_steps=300, teacher_lr=1e-3,
-              cache=True, seed=0, device=None, **fit_kw):
+              cache=True, vfm_feats=None, seed=0, device=None, **fit_kw):
     """Train a GAE: reconstruction of the dynamically-noised latent + align_weight * semantic loss.
 
     noise_std overrides ae.noise_std (GAE's C_sigma, a standard deviation). The compact teacher is
     fitted first if it is not yet (fit_teacher), then frozen. Returns the history (with 'teacher'
-    losses for a learned teacher).
+    losses for a learned teacher). vfm_feats: ae.vfm_features of every image of `data`, if already
+    computed (zoo shares them between the GAEs of one data set); with cache, else computed here
+    once, for both the teacher fit and the alignment targets.
     """
     if noise_std is not None:
         ae.noise_std = float(noise_std)
@@ -126,12 +130,15 @@ def train_gae(ae, data, steps=2000, batch_size=32, lr=2e-4, out_dir=None, resume
     if ae.teacher is not None and resume and ckpt_dir and trainutil.latest_checkpoint(ckpt_dir):
         # the teacher defines the targets: take the checkpoint's, never a refit
         trainutil.load_checkpoint(ckpt_dir, {"teacher": ae.teacher}, restore_rng=False)
-    if ae.teacher is not None and not ae.teacher_ready():
-        teacher_losses = fit_teacher(ae, images, teacher_steps, teacher_lr, seed, device)
     aligned = ae.vfm is not None and align_weight > 0
+    fit_now = ae.teacher is not None and not ae.teacher_ready()
+    if vfm_feats is None and cache and (aligned or fit_now):
+        vfm_feats = precompute(ae.vfm_features, images, device=device, desc="VFM tokens")
+    if fit_now:
+        teacher_losses = fit_teacher(ae, images, teacher_steps, teacher_lr, seed, device, feats=vfm_feats)
     targets = None
-    if aligned and cache:
-        targets = precompute(ae.teacher_features, images, device=device, desc="teacher targets")
+    if aligned and vfm_feats is not None:
+        targets = torch.cat([ae.targets_from(f.to(device)).cpu() for f in vfm_feats.split(64)])
     lpips_net = load_lpips("alex" if lpips_weight > 0 else None, device)
 
     def step(idx, gen, k):

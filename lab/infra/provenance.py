@@ -1,10 +1,11 @@
 """Provenance of a run: which code (git commit and the exact uncommitted edit), on which device,
 in which process.
 
-`code_state()` records the commit and, when the tree differs from it, a sha256 over
-`git diff HEAD` (staged and unstaged edits of tracked files) plus the path and bytes of every
-untracked file under lab/ and notebooks/ (where new code lives; untracked files elsewhere do not
-change what a notebook computes). Equal hashes on one commit mean the same code; a run whose
+`code_state()` records the commit and, when the code differs from it, a sha256 over
+`git diff HEAD -- lab notebooks` (staged and unstaged edits of tracked files) plus the path and
+bytes of every untracked file there. Only lab/ and notebooks/ count as code: they are what a
+notebook computes with. Edits elsewhere (the reports/ that `make reproduce` rewrites, README prose,
+tests) change no result, so they neither mark a run dirty nor stop a rerun from reusing it. Equal hashes on one commit mean the same code; a run whose
 record has no commit, an unknown state or a diff hash cannot be tied to a commit on main, so
 `code_is_clean` says no and why (the report gives no verdict from such a run).
 
@@ -39,8 +40,9 @@ def _git(root, *args):
 
 
 def diff_hash(root):
-    """sha256 of `git diff HEAD` plus untracked files under CODE_FOLDERS; None when clean."""
-    diff = _git(root, "diff", "HEAD", "--binary", "--no-ext-diff", "--no-textconv", "--no-color")
+    """sha256 of `git diff HEAD` plus untracked files, both under CODE_FOLDERS; None when clean."""
+    diff = _git(root, "diff", "HEAD", "--binary", "--no-ext-diff", "--no-textconv", "--no-color", "--",
+                *CODE_FOLDERS)
     untracked = [p for p in _git(root, "ls-files", "--others", "--exclude-standard", "-z", "--",
                                  *CODE_FOLDERS).split(b"\0") if p]
     if not diff and not untracked:
@@ -84,7 +86,7 @@ def code_tree(commit, root=None):
 
 def same_code(status, root=None):
     """True when a run's status.json ties it to a clean commit whose lab/ and notebooks/ equal the
-    current clean tree's: its results are what this code would compute again."""
+    current ones, with no edit in them now: its results are what this code would compute again."""
     now = code_state(root)
     if not now["commit"] or now["dirty"] is not False or not code_is_clean(status)[0]:
         return False

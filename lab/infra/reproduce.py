@@ -22,9 +22,10 @@ from lab import runs
 from lab.infra import batch, nbtools
 from lab.infra.workers import cpus
 
-# minutes each notebook took at one thread on the 2-core machine (2026-11-23): the lanes take the
-# longest first, so the two big ones start together and the short ones fill in at the end
-MINUTES = {"05": 35, "07": 33, "02": 16, "06": 10, "01": 5, "00": 4, "03": 2, "08": 2, "04": 0.2}
+# minutes each notebook took in its one-thread lane on the 2-core machine (make reproduce of 98a0037,
+# 2026-11-23): the lanes take the longest first, so the two big ones start together and the short
+# ones fill in at the end
+MINUTES = {"07": 48.5, "05": 41.0, "06": 13.2, "02": 8.8, "01": 5.4, "03": 2.4, "08": 1.8, "00": 0.4, "04": 0.3}
 
 
 def notebooks(folder=None, only=None):

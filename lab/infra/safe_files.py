@@ -94,6 +94,27 @@ def set_aside(path, reason, next_step="it is rebuilt"):
     return aside
 
 
+def npy_once(path, compute, what):
+    """The array at `path` when it matches its record, else compute() (a numpy array) written there
+    with its size and sha256 (cache.write_verified); a cut or overwritten file is set aside first.
+    The caller holds a lock when two processes may ask for one path."""
+    import numpy as np
+    path = Path(path)
+    if path.is_file():
+        try:
+            cache.verify_file(path, what=what)
+            return np.load(path)
+        except (cache.CorruptFile, ValueError, OSError) as err:  # a cut file: say so, then rebuild it
+            set_aside(path, f"unreadable ({err})")
+    arr = compute()
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            np.save(f, arr)
+    cache.write_verified(path, write)
+    return arr
+
+
 def pid_alive(pid):
     """True if a process with this id exists on this machine (a stale temp file's writer is gone)."""
     try:
