@@ -430,18 +430,24 @@ def test_underscore_folders_are_not_experiments(tmp_path):
     assert runs.list_runs(str(tmp_path)) == []
 
 
-def test_same_code_reuses_only_clean_runs_of_the_same_lab_and_notebooks(tmp_path):
+def _repo(root, *files):
+    """A git repository at `root` with `files` (each holding "1") in one commit; returns its git()."""
     def git(*args):
-        return subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True,
+        return subprocess.run(["git", "-C", str(root), *args], check=True, capture_output=True,
                               text=True).stdout.strip()
     git("init", "-q")
     git("config", "user.email", "t@t")
     git("config", "user.name", "t")
-    for rel in ("lab/a.py", "notebooks/n.ipynb", "reports/README.md"):
-        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / rel).write_text("1\n")
+    for rel in files:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text("1\n")
     git("add", ".")
     git("commit", "-qm", "code")
+    return git
+
+
+def test_same_code_reuses_only_clean_runs_of_the_same_lab_and_notebooks(tmp_path):
+    git = _repo(tmp_path, "lab/a.py", "notebooks/n.ipynb", "reports/README.md")
     ran = {"commit": git("rev-parse", "HEAD"), "dirty": False}
     assert provenance.same_code(ran, tmp_path)
     (tmp_path / "reports/README.md").write_text("regenerated\n")
@@ -460,17 +466,7 @@ def test_a_rewritten_reports_folder_does_not_stop_reuse(tmp_path):
     there; the code (lab/, notebooks/) is unchanged, so the second run must reuse the first's runs
     and a run made now must still count as clean code. An edit under lab/ or notebooks/ (tracked
     or untracked) still stops both."""
-    def git(*args):
-        return subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True,
-                              text=True).stdout.strip()
-    git("init", "-q")
-    git("config", "user.email", "t@t")
-    git("config", "user.name", "t")
-    for rel in ("lab/a.py", "notebooks/n.ipynb", "reports/README.md", "README.md"):
-        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / rel).write_text("1\n")
-    git("add", ".")
-    git("commit", "-qm", "code")
+    _repo(tmp_path, "lab/a.py", "notebooks/n.ipynb", "reports/README.md", "README.md")
     ran = provenance.code_state(tmp_path)
     (tmp_path / "reports/README.md").write_text("regenerated\n")
     (tmp_path / "reports/new.png").write_bytes(b"png")
