@@ -151,6 +151,7 @@ def test_linear_probe_flatten_vs_gap(method):
 # ----------------------------------------------------------------------------- real networks (lab cache)
 
 
+@pytest.mark.real_nets
 def test_effnet_fd_named_and_zero_on_identical_sets():
     x = smooth_images(3, 64, 64, 5).float()
     f = metrics.effnet_features(x, size=64)
@@ -159,6 +160,7 @@ def test_effnet_fd_named_and_zero_on_identical_sets():
     assert out["name"] == "FD-effnet" and "EfficientNet-Lite0" in out["network"] and abs(out["value"]) < 1e-6
 
 
+@pytest.mark.real_nets
 def test_lpips_orders_distortions():
     x = smooth_images(2, 64, 64, 6).float()
     blur = torch.nn.functional.avg_pool2d(x, 3, 1, 1)
@@ -187,6 +189,7 @@ LPIPS_REF = {"alex": ([0.43207496, 0.41446444], [0.22657150, 0.18969826]),
              "vgg": ([0.65902394, 0.69168735], [0.25036144, 0.17523536])}
 
 
+@pytest.mark.real_nets
 @pytest.mark.parametrize("net", ["alex", "vgg"])
 def test_lpips_pinned_to_reference_values(net):
     x, y = _skimage_pair()
@@ -196,6 +199,7 @@ def test_lpips_pinned_to_reference_values(net):
     torch.testing.assert_close(metrics.lpips_distance(x, blur, net), torch.tensor(blurred), atol=1e-4, rtol=0)
 
 
+@pytest.mark.real_nets
 def test_lpips_reference_catches_a_wrong_first_convolution():
     """A BGR-swapped or spatially transposed first convolution still orders distortions, but moves the values."""
     import copy
@@ -214,6 +218,7 @@ def test_lpips_reference_catches_a_wrong_first_convolution():
         assert (value - ref).abs().max() > 1e-3, value
 
 
+@pytest.mark.real_nets
 def test_dino_features_and_distance():
     x = smooth_images(2, 56, 56, 8).float()
     f = metrics.dino_features(x, pool="both", size=56)

@@ -223,6 +223,7 @@ def test_linear_probe_sgd_is_seeded():
 # ----------------------------------------------------------------------------- the real DINO network, tiny images
 
 
+@pytest.mark.real_nets
 def test_dino_pools_are_the_tokens_of_the_resized_image():
     from lab import encoders
     x = torch.rand(2, 3, 42, 42, generator=torch.Generator().manual_seed(6))
@@ -238,6 +239,7 @@ def test_dino_pools_are_the_tokens_of_the_resized_image():
     torch.testing.assert_close(metrics.dino_features(x, size=28), mean, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.real_nets
 def test_dino_distance_is_mean_token_cosine_distance():
     from lab import encoders
     g = torch.Generator().manual_seed(7)
@@ -259,3 +261,31 @@ def test_resize_is_antialiased_bilinear_and_skips_the_right_size():
     assert (metrics._resize(x, 4) - x[..., ::2, ::2]).abs().max() > 1e-3  # not a plain subsample
     up = torch.nn.functional.interpolate(x, size=(11, 11), mode="bilinear", align_corners=False)
     torch.testing.assert_close(metrics._resize(x, 11), up, atol=1e-6, rtol=0)  # align_corners=False
+
+
+def test_sharded_fd_reads_its_rank_and_reduces_in_one_process(monkeypatch, tmp_path):
+    """fd(sharded=True) under a faked 2-rank group: rank 1 reads batches 1, 3, ... and all_reduces both
+    sets' moments; sharded=False in the same group reads everything and reduces nothing. (The gloo test
+    in test_metrics_sharded.py runs two real ranks; this one pins rank 1's reading in one process.)"""
+    stub = PooledConv(4, seed=6).eval()
+    path = str(tmp_path / "stub_inception.pth")
+    monkeypatch.setitem(metrics._NETS, f"inception-{path}", stub)
+    monkeypatch.setitem(metrics.FEATURE_DIMS, "inception", 4)
+    g = torch.Generator().manual_seed(7)
+    a, b = torch.rand(9, 3, 4, 4, generator=g), torch.rand(7, 3, 4, 4, generator=g) ** 2
+    reduced = []
+    monkeypatch.setattr(metrics, "all_reduce_moments", lambda m: reduced.append(m["n"].item()) or m)
+    monkeypatch.setattr(metrics, "dist", type("Group", (), dict(
+        is_initialized=staticmethod(lambda: True), get_rank=staticmethod(lambda: 1),
+        get_world_size=staticmethod(lambda: 2))))
+    with torch.no_grad():
+        fa, fb = stub(a).flatten(1), stub(b).flatten(1)
+    stub.seen = []
+    got = metrics.fd(a, b, features="inception", inception_path=path, batch_size=2, sharded=True)
+    assert stub.seen == [2, 2, 2, 1] and reduced == [4, 3]  # a: batches 1, 3 of [2,2,2,2,1]; b: 1, 3 of [2,2,2,1]
+    rank1 = metrics.fd_from_features(torch.cat([fa[2:4], fa[6:8]]), torch.cat([fb[2:4], fb[6:7]]))
+    assert got["value"] == pytest.approx(rank1["value"], rel=1e-9) and (got["n_a"], got["n_b"]) == (4, 3)
+    stub.seen, reduced[:] = [], []
+    whole = metrics.fd(a, b, features="inception", inception_path=path, batch_size=2)  # sharded=False by default
+    assert stub.seen == [2, 2, 2, 2, 1, 2, 2, 2, 1] and reduced == []
+    assert whole["value"] == pytest.approx(metrics.fd_from_features(fa, fb)["value"], rel=1e-9)

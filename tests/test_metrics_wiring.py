@@ -117,11 +117,14 @@ def test_explicit_device_wins_over_lab_device_and_default_batch_is_64(stubs):
     m = metrics.image_moments(x, **cpu)
     assert m["n"].item() == 70 and m["sum"].device.type == "cpu" and [s[0] for s in stubs.effnet.seen] == [64, 6]
     torch.testing.assert_close(m["sum"], want.double().sum(0), rtol=1e-6, atol=1e-6)
-    for kind in ("dino", "inception"):
+    for kind, net in (("dino", stubs.vit), ("inception", stubs.inception)):
+        net.seen.clear()
         got = metrics.fd(x[:5], y[:4], features=kind, inception_path=stubs.path, **cpu)
         assert (got["name"], got["n_a"], got["n_b"]) == (metrics.FD_NAMES[kind], 5, 4)
         got = metrics.image_moments(x[:5], kind, inception_path=stubs.path, **cpu)
         assert got["n"].item() == 5 and got["sum"].device.type == "cpu"
+        assert len(net.seen) == 3  # the named network saw a, b, then the moments' images
+    assert stubs.vit.seen[-1] == (5, 3, 224, 224)  # FD-dino at 224 px by default
 
     d = metrics.lpips_distance(x, y, **cpu)
     torch.testing.assert_close(d, (2 * x - 2 * y).pow(2).mean((1, 2, 3)))
@@ -163,6 +166,7 @@ def test_lpips_summary_names_the_network_it_used(monkeypatch, stubs):
         want = (2 * x - 2 * y).pow(2).mean((1, 2, 3)).mean().item() + offset
         assert out == {"name": f"LPIPS-{net}", "value": pytest.approx(want, rel=1e-6),
                        "network": f"LPIPS ({net}, lpips 0.1.4 heads)", "n": 4}
+    assert metrics.lpips(x, y) == metrics.lpips(x, y, net="alex")  # alex by default
 
 
 def test_cache_miss_builds_the_named_network(monkeypatch, stubs):
