@@ -157,7 +157,8 @@ def rae(data="fashion", n=2048, size=64, decoder="vit", noise_tau=0.0, steps=400
     def train(out):
         x = images(data, n, size, root=data_root)[0]
         named = encoder if encoder == "dinov2_s_imgfocus" else f"{encoder}:{encoder_weights}"
-        tokens = vfm_tokens(ae, _vfm_key(named, ae.grid, encoder_norm, data, n, size, data_root), x)
+        key = _vfm_key(named, ae.grid, encoder_norm, data, n, size, data_root)
+        tokens = vfm_tokens(ae, ae.teacher_features, key, x)
         return train_rae(ae, x, steps=steps, batch_size=batch_size, lr=lr, out_dir=out, noise_tau=noise_tau,
                          lpips_weight=lpips_weight, tokens=tokens, seed=seed)
     return _train_or_load("rae", recipe, ae, train)
@@ -178,8 +179,8 @@ def gae(data="fashion", n=2048, size=64, latent_dim=32, align="latent", teacher=
 
     def train(out):
         x = images(data, n, size, root=data_root)[0]
-        feats = vfm_tokens(ae, _vfm_key("dinov2_s_imgfocus", [g * ae.vfm_factor for g in ae.grid], "model", data, n, size,
-                                            data_root), x)
+        key = _vfm_key("dinov2_s_imgfocus", [g * ae.vfm_factor for g in ae.grid], "model", data, n, size, data_root)
+        feats = vfm_tokens(ae, ae.vfm_features, key, x)
         return train_gae(ae, x, steps=steps, batch_size=batch_size, lr=lr, out_dir=out, align_weight=align_weight,
                          vfm_feats=feats, seed=seed)
     return _train_or_load("gae", recipe, ae, train)
@@ -403,15 +404,15 @@ def _vfm_key(encoder, grid, norm, data, n, size, data_root):
     return _with_root(dict(encoder=encoder, grid=list(grid), norm=norm, data=data, n=n, size=size), data_root)
 
 
-def vfm_tokens(ae, key, x):
-    """Frozen-encoder tokens of training images x (ae.vfm_features of a GAE, ae.teacher_features of an
-    RAE), one pass per encoder, grid, data set and size (`key`, _vfm_key), saved under runs/_zoo/vfm-*:
-    the GAEs of notebooks 05-07 (every alignment and seed) and the RAEs of 07 share it."""
-    fn, dev = (ae.vfm_features if isinstance(ae, GAE) else ae.teacher_features), device()
+def vfm_tokens(ae, encode, key, x):
+    """Frozen-encoder tokens encode(x) of training images x (ae.vfm_features of a GAE, ae.teacher_features
+    of an RAE), one pass per encoder, grid, data set and size (`key`, _vfm_key), saved under
+    runs/_zoo/vfm-*: the GAEs of notebooks 05-07 (every alignment and seed) and the RAEs of 07 share it."""
+    dev = device()
 
     def compute():
-        ae.to(dev)
-        return precompute(fn, x, device=dev, desc="VFM tokens").numpy()
+        ae.to(dev)  # encode's frozen encoder lives in ae
+        return precompute(encode, x, device=dev, desc="VFM tokens").numpy()
     return torch.from_numpy(_cached_array("vfm", key, compute, "frozen-encoder tokens"))
 
 

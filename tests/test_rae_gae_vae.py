@@ -292,4 +292,4 @@ def test_zoo_encodes_a_training_set_once_for_every_gae_and_rae(tmp_path, monkeyp
     with torch.no_grad():
         expect = gaes[0].vfm_features(x)
     key = zoo._vfm_key("dinov2_s_imgfocus", gaes[0].grid, "model", "digits", 8, 32, None)
-    assert torch.allclose(zoo.vfm_tokens(gaes[1], key, x), expect, atol=1e-5) and passes == [8, 8]
+    assert torch.allclose(zoo.vfm_tokens(gaes[1], gaes[1].vfm_features, key, x), expect, atol=1e-5) and passes == [8, 8]

@@ -22,10 +22,10 @@ from lab import runs
 from lab.infra import batch, nbtools
 from lab.infra.workers import cpus
 
-# minutes each notebook took in its one-thread lane on the 2-core machine (make reproduce of 98a0037,
+# minutes each notebook took in its one-thread lane on the 2-core machine (make reproduce of d8b6ed3,
 # 2026-11-23): the lanes take the longest first, so the two big ones start together and the short
 # ones fill in at the end
-MINUTES = {"07": 48.5, "05": 41.0, "06": 13.2, "02": 8.8, "01": 5.4, "03": 2.4, "08": 1.8, "00": 0.4, "04": 0.3}
+MINUTES = {"07": 40.1, "05": 34.0, "06": 10.5, "02": 4.6, "01": 3.7, "03": 1.9, "08": 1.3, "00": 0.2, "04": 0.2}
 
 
 def notebooks(folder=None, only=None):

@@ -16,6 +16,8 @@ import threading
 import warnings
 from pathlib import Path
 
+import numpy as np
+
 from lab.infra import cache
 
 try:
@@ -98,7 +100,6 @@ def npy_once(path, compute, what):
     """The array at `path` when it matches its record, else compute() (a numpy array) written there
     with its size and sha256 (cache.write_verified); a cut or overwritten file is set aside first.
     The caller holds a lock when two processes may ask for one path."""
-    import numpy as np
     path = Path(path)
     if path.is_file():
         try:
