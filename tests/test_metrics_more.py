@@ -2,6 +2,8 @@
 how uint8 images are scaled, that sharded moments add up to the whole set's, that the Inception
 path reaches the user's network, that the probe's standardisation uses the training statistics,
 and the error messages and boundaries of the checks. (Mutation testing found these unpinned.)"""
+import types
+
 import pytest
 import torch
 
@@ -275,9 +277,8 @@ def test_sharded_fd_reads_its_rank_and_reduces_in_one_process(monkeypatch, tmp_p
     a, b = torch.rand(9, 3, 4, 4, generator=g), torch.rand(7, 3, 4, 4, generator=g) ** 2
     reduced = []
     monkeypatch.setattr(metrics, "all_reduce_moments", lambda m: reduced.append(m["n"].item()) or m)
-    monkeypatch.setattr(metrics, "dist", type("Group", (), dict(
-        is_initialized=staticmethod(lambda: True), get_rank=staticmethod(lambda: 1),
-        get_world_size=staticmethod(lambda: 2))))
+    monkeypatch.setattr(metrics, "dist", types.SimpleNamespace(
+        is_initialized=lambda: True, get_rank=lambda: 1, get_world_size=lambda: 2))
     with torch.no_grad():
         fa, fb = stub(a).flatten(1), stub(b).flatten(1)
     stub.seen = []
