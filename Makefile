@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 assets: $(STAMP)
-	$(BIN)/python -m lab.infra.weights fetch
+	$(BIN)/python -m lab.commands.weights fetch
 
 test: assets
 	$(BIN)/python -m pytest
@@ -25,10 +25,10 @@ test: assets
 # every notebook on its defaults, then reports/ (built even if a notebook failed; the exit code says so);
 # a finished run of the same parameters and committed code is kept, and trained models are reused
 reproduce: assets
-	$(BIN)/python -m lab.infra.reproduce --reuse; status=$$?; $(BIN)/python -m lab.infra.report && exit $$status
+	$(BIN)/python -m lab.commands.reproduce --reuse; status=$$?; $(BIN)/python -m lab.commands.report && exit $$status
 
 report: $(STAMP)
-	$(BIN)/python -m lab.infra.report
+	$(BIN)/python -m lab.commands.report
 
 lab: assets
 	$(BIN)/jupyter lab notebooks/

@@ -10,7 +10,7 @@ Seeds: a notebook trains the compared configurations once per seed and logs ever
 statistic oriented so that positive means the paper's direction (a margin already subtracted), their
 mean and the 95% t-interval. `supported` only when the interval lies above zero, `reversed` when
 it lies below, else `not shown`; one seed gives an unbounded interval, so never a verdict.
-lab.infra.report reads only this module.
+lab.commands.report reads only this module.
 """
 import math
 import re

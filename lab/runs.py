@@ -23,10 +23,10 @@ with none of these forms is only a note):
     list                     any list; `non-empty list` at least one element
     list of RULE             every element keeps RULE (`non-empty list of one of: a, b`)
 The default must keep its rule; a None default means "off" and passes. lab.infra.params parses
-cell, rules and values for `start`, lab.infra.nbtools and lab.infra.batch alike.
+cell, rules and values for `start`, lab.commands.nbtools and lab.commands.batch alike.
 
 `start` reads the parameters cell of `notebooks/<experiment>.ipynb` (or `notebook=`, the one
-lab.infra.nbtools hands over, or the working directory's) and, before any compute, raises one
+lab.commands.nbtools hands over, or the working directory's) and, before any compute, raises one
 ValueError listing every unknown global (not a parameter, module, callable, underscored or
 IPython name; with close matches), every value of the wrong type (an int does for a float) and
 every value outside its rule or `choices={...}`, each naming the parameter, then the allowed
@@ -37,12 +37,12 @@ dirty flag and sha256 of the uncommitted edit, device, timings, error), metrics.
 tables/*.csv, figures/*.png, the executed notebook and what the notebook puts under
 `run.path(name)`. Files are written atomically; folders (`<UTC time>-<params hash>`) are created
 exclusively, so two executions never share one. The root is `runs/` or $LAB_RUNS_DIR.
-Only the kernel lab.infra.nbtools hands a folder to (see `handoff`) takes an existing folder
+Only the kernel lab.commands.nbtools hands a folder to (see `handoff`) takes an existing folder
 over; any other execution (a saved notebook re-run with plain papermill, `-p _lab_run_dir`)
 gets a new folder, and a `done` run is never written again.
 
 A run ends `failed` when a cell raises (IPython hook; a later `run.done()` still wins), when the
-kernel exits before `done()`, or when lab.infra.nbtools sees the execution fail; a `running`
+kernel exits before `done()`, or when lab.commands.nbtools sees the execution fail; a `running`
 run whose process is gone reads as `stale`. Reports take `done` runs only. `find_done` returns
 the latest finished run with identical parameters (nbtools `reuse=True` and batch skip on it).
 """
@@ -67,7 +67,7 @@ from lab.infra.provenance import repo_root
 
 IPYTHON_NAMES = {"In", "Out", "exit", "quit", "get_ipython", "open"}
 STATES = ("running", "done", "failed", "stale")
-RUN_DIR_ENV = "LAB_RUN_DIR"      # set by lab.infra.nbtools for the kernel it starts
+RUN_DIR_ENV = "LAB_RUN_DIR"      # set by lab.commands.nbtools for the kernel it starts
 NOTEBOOK_ENV = "LAB_NOTEBOOK"    # the notebook file whose parameters cell that kernel checks
 HANDOFF = ".handoff"             # present while a created folder waits for its kernel
 
@@ -307,7 +307,7 @@ def _take_over(run_dir, experiment, params):
     if run.status != "running":
         raise ValueError(f"${RUN_DIR_ENV}={run_dir} names a run that is {run.status}: a finished "
                          f"run is never written again. Unset {RUN_DIR_ENV} to start a new run "
-                         "(lab.infra.nbtools sets it only for the kernels it starts)")
+                         "(lab.commands.nbtools sets it only for the kernels it starts)")
     try:
         (run.dir / HANDOFF).unlink()  # atomic: exactly one kernel takes a folder over
     except FileNotFoundError:

@@ -15,8 +15,9 @@ import torch
 
 from lab import class_agreement, encoders
 from lab import data as datasets
-from lab.infra import cache, latent_cache, safe_files
-from lab.infra.workers import default_workers, train_in_workers
+from lab.infra import cache, safe_files
+from lab import latent_cache
+from lab.workers import default_workers, train_in_workers
 from lab import check_choice, runs, trainutil
 from lab.autoencoders.decoder import ConvDecoder
 from lab.autoencoders.fit import precompute
@@ -40,7 +41,7 @@ def recipe_dir(name, recipe):
 
 
 def lock(folder):
-    """The recipe's inter-process lock: two notebooks (or a two-point lab.infra.batch sweep) asking
+    """The recipe's inter-process lock: two notebooks (or a two-point lab.commands.batch sweep) asking
     for one recipe at once: the first trains, the second waits here, then loads the same weights."""
     folder.mkdir(parents=True, exist_ok=True)
     return safe_files.file_lock(folder / ".lock", what=f"zoo recipe {folder.name}")
@@ -311,7 +312,7 @@ _PARALLEL = ("generator", "hae", "rae", "gae", "spherical_vae")  # the recipes z
 
 def parallel(calls, workers=None):
     """Train (or load) the recipes of `calls`, a list of (zoo function, kwargs), in `workers` one-thread
-    worker processes (lab.infra.workers.default_workers: 2 on the 2-core CPU, 1 on a GPU), then load
+    worker processes (lab.workers.default_workers: 2 on the 2-core CPU, 1 on a GPU), then load
     each here; returns their results in order. The workers write the same recipe folders, under the
     same locks, as a plain call, so a later plain call or another notebook loads them.
     """

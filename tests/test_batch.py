@@ -1,4 +1,4 @@
-"""lab.infra.batch (grid parsing, GPU slots, resume, SLURM script) and lab.infra.reproduce, with fake executors."""
+"""lab.commands.batch (grid parsing, GPU slots, resume, SLURM script) and lab.commands.reproduce, with fake executors."""
 import os
 import threading
 import time
@@ -7,7 +7,7 @@ import nbformat
 import pytest
 
 from lab import runs
-from lab.infra import batch, reproduce
+from lab.commands import batch, reproduce
 
 PARAMS = 'path = "linear"  # one of: linear, slerp\nlam = 0.0\nsteps = 10\nfast = False\ntag = "a"\n'
 
@@ -117,7 +117,7 @@ def test_slurm_script(tmp_path):
     assert "# grid point 5: path='slerp' lam=1.0" in text
     assert f"export LAB_RUNS_DIR={tmp_path / 'r'}" in text
     last = text.strip().splitlines()[-1]
-    assert "-m lab.infra.batch" in last and str(nb) in last
+    assert "-m lab.commands.batch" in last and str(nb) in last
     assert "--grid path=linear,slerp lam=0,0.1,1" in last
     assert last.endswith('--index "$SLURM_ARRAY_TASK_ID"')
     assert out.stat().st_mode & 0o111

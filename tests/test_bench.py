@@ -1,10 +1,10 @@
-"""lab.infra.bench: FLOP counts that match a hand count, and a table row that runs at tiny size on a CPU."""
+"""lab.commands.bench: FLOP counts that match a hand count, and a table row that runs at tiny size on a CPU."""
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from lab.dit import dit
-from lab.infra import bench
+from lab.commands import bench
 
 
 def test_flop_counter_counts_a_linear_layer_as_2_b_in_out():

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from lab import data, trainutil as tu
-from lab.infra import latent_cache as latents
+from lab import latent_cache as latents
 from lab.infra.safe_files import CorruptFileWarning
 
 CTX = mp.get_context("fork")

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from lab import data
-from lab.infra import latent_cache as latents
+from lab import latent_cache as latents
 
 torch.set_num_threads(2)
 

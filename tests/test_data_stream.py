@@ -9,8 +9,8 @@ import torch
 from safetensors.torch import save_file
 
 from lab import data, trainutil
-from lab.infra import launch
-from lab.infra import latent_cache as latents
+from lab.commands import launch
+from lab import latent_cache as latents
 
 torch.set_num_threads(2)
 

@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 
 from lab import metrics
 from lab import trainutil as tu
-from lab.infra import nbtools
+from lab.commands import nbtools
 
 
 def test_pick_device_explicit_then_lab_device_then_cuda(monkeypatch):

@@ -1,7 +1,7 @@
-"""lab.encoders and lab.infra.feature_nets: the converted weights are the real ones (ONNX agreement,
+"""lab.encoders and lab.feature_nets: the converted weights are the real ones (ONNX agreement,
 ImageNet classes, LPIPS ordering), token read-outs and grids, outside files load weights-only.
 
-Uses the real user cache (`make test` runs `python -m lab.infra.weights fetch` first; otherwise the
+Uses the real user cache (`make test` runs `python -m lab.commands.weights fetch` first; otherwise the
 first test converts what is missing, which takes some seconds)."""
 import os
 import pickle
@@ -12,7 +12,8 @@ import torch.nn.functional as F
 
 from lab import data, encoders, zoo
 from lab.autoencoders.rae import RAE
-from lab.infra import cache, convert, feature_nets
+from lab.infra import cache, convert
+from lab import feature_nets
 
 torch.set_num_threads(2)
 

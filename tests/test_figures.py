@@ -91,7 +91,7 @@ def test_width_figure_labels_every_loss():
 
 
 def test_report_copies_and_links_the_vector_twin(tmp_path):
-    from lab.infra import report
+    from lab.commands import report
     r = runs.create("99_figtest", {"a": 1}, runs_dir=str(tmp_path / "runs"))
     fig, ax = plt.subplots()
     ax.plot([0, 1])

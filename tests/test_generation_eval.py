@@ -7,7 +7,7 @@ import torch
 
 from lab import class_agreement as ca
 from lab import evaluate, figures, metrics, zoo
-from lab.infra import report
+from lab.commands import report
 
 
 class Identity(torch.nn.Module):

@@ -59,7 +59,7 @@ def missing(*, modules=(), weights=()):
 def skip_unless_present(**kw):
     lacking = missing(**kw)
     if lacking:
-        pytest.skip("this machine lacks " + ", ".join(lacking) + " (python -m lab.infra.weights fetch; "
+        pytest.skip("this machine lacks " + ", ".join(lacking) + " (python -m lab.commands.weights fetch; "
                     "pip install -e .)")
 
 

@@ -1,5 +1,6 @@
-"""The layout rules of issue 7, checked on the tree: no import cycle in lab/, no module over 450
-lines, notebooks without function definitions or imports inside loops."""
+"""The layout rules of issues 7 and 20, checked on the tree: no import cycle in lab/, imports run one
+way (commands -> science -> infra), no module over 450 lines, notebooks without function definitions
+or imports inside loops."""
 import ast
 import json
 from pathlib import Path
@@ -65,6 +66,30 @@ def test_cycle_finder_finds_a_planted_cycle():
 def test_no_import_cycle_in_lab():
     cycle = find_cycle(import_graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def layer(module):
+    """0 for lab.infra (plumbing), 2 for lab.commands (the CLI), 1 for everything else (the science)."""
+    if module == "lab.infra" or module.startswith("lab.infra."):
+        return 0
+    if module == "lab.commands" or module.startswith("lab.commands."):
+        return 2
+    return 1
+
+
+def upward_imports(graph):
+    """Every import arrow that points from a lower layer to a higher one."""
+    return sorted(f"{m} -> {d}" for m, deps in graph.items() for d in deps if layer(d) > layer(m))
+
+
+def test_layer_checker_finds_a_planted_upward_import():
+    graph = {"lab.infra.cache": {"lab.data"}, "lab.data": {"lab.commands.report"}, "lab.commands.report": {"lab.data"}}
+    assert upward_imports(graph) == ["lab.data -> lab.commands.report", "lab.infra.cache -> lab.data"]
+
+
+def test_imports_run_one_way_commands_science_infra():
+    bad = upward_imports(import_graph())
+    assert not bad, "imports that point back up (commands -> science -> infra only): " + ", ".join(bad)
 
 
 def test_no_lab_module_over_450_lines():

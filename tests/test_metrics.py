@@ -204,7 +204,7 @@ def test_lpips_reference_catches_a_wrong_first_convolution():
     """A BGR-swapped or spatially transposed first convolution still orders distortions, but moves the values."""
     import copy
 
-    from lab.infra import feature_nets
+    from lab import feature_nets
     x, y = _skimage_pair()
     net = feature_nets.lpips_net("alex")
     conv = next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d))

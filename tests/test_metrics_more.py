@@ -9,7 +9,7 @@ import torch
 
 import lab  # noqa: F401
 from lab import metrics
-from lab.infra import feature_nets
+from lab import feature_nets
 from stand_ins import PooledConv
 
 

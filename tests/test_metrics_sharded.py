@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 
 from lab import metrics
-from lab.infra import feature_nets
+from lab import feature_nets
 from stand_ins import PooledConv
 
 CTX = mp.get_context("fork")  # the children inherit the stub network and the monkeypatches

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from lab import encoders, metrics
-from lab.infra import feature_nets
+from lab import feature_nets
 
 
 class Recorder(torch.nn.Module):

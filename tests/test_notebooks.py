@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from lab import claims, runs
-from lab.infra import nbtools
+from lab.commands import nbtools
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 

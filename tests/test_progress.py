@@ -1,4 +1,4 @@
-"""Progress bars: plain text under papermill (lab.infra.nbtools), widgets in a JupyterLab kernel,
+"""Progress bars: plain text under papermill (lab.commands.nbtools), widgets in a JupyterLab kernel,
 and no TqdmWarning ('IProgress not found ...') in either."""
 import json
 import subprocess
@@ -7,7 +7,7 @@ import sys
 import nbformat
 import pytest
 
-from lab.infra import nbtools
+from lab.commands import nbtools
 
 LOOP = "from tqdm.auto import tqdm\nfor i in tqdm(range(n), desc='bar', mininterval=0):\n    pass"
 

@@ -1,4 +1,4 @@
-"""One bad run never breaks the report (issue 9, case 4): lab.infra.run_index sorts run folders
+"""One bad run never breaks the report (issue 9, case 4): lab.commands.run_index sorts run folders
 into readable and unreadable (with the reason); the report lists the unreadable ones apart and
 never cites them, and an older good run with the same parameters stays the evidence."""
 import json
@@ -10,7 +10,7 @@ import pytest
 
 from lab import claims as registry
 from lab import runs
-from lab.infra import report, run_index
+from lab.commands import report, run_index
 
 EXP = "exp_t"
 CLAIM = registry.Claim("t_claim", registry.RAE, "Tab. 0", "a statement", "a number", EXP, ("score",),
@@ -76,7 +76,7 @@ def test_the_report_command_survives_every_bad_run_at_once(tmp_path):
     _run(root, 1.0)
     for hurt, _ in DAMAGE.values():
         hurt(_run(root, 9.0, table={"a": [3]}))
-    proc = subprocess.run([sys.executable, "-m", "lab.infra.report", "--runs", str(root), "--out",
+    proc = subprocess.run([sys.executable, "-m", "lab.commands.report", "--runs", str(root), "--out",
                            str(tmp_path / "reports")], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"{len(DAMAGE)} unreadable" in proc.stdout

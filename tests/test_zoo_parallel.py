@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from lab import trainutil, zoo
-from lab.infra import workers
+from lab import workers
 
 TINY = dict(steps=6, batch_size=8, lr=1e-3, size="tiny", model_kw=dict(width=16, depth=1), progress=False)
 

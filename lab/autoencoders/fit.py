@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from lab import encoders, trainutil
 from lab.autoencoders.disc import DinoDisc
 from lab.autoencoders.losses import adaptive_weight, hinge_d_loss, hinge_g_loss
-from lab.infra import feature_nets
+from lab import feature_nets
 
 PRELOAD_BYTES = 2 << 30  # datasets smaller than this are held in memory as one tensor
 

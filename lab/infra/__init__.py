@@ -1,1 +1,2 @@
-"""Plumbing no notebook imports: weights, latent cache, notebook execution, sweeps, report, bench."""
+"""Plumbing the science imports: file caches, safe writes, JSON, notebook parameters, provenance,
+weight sources and conversion, progress bars. It imports nothing else from lab/ (tests/test_layout.py)."""

@@ -27,7 +27,7 @@ try:
 except ImportError:  # not POSIX: no inter-process lock (fetch from one process at a time)
     fcntl = None
 
-FETCH_COMMAND = "python -m lab.infra.weights fetch"
+FETCH_COMMAND = "python -m lab.commands.weights fetch"
 
 
 class AssetError(RuntimeError):

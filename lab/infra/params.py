@@ -4,7 +4,7 @@ The grammar is documented for users in `lab.runs` (the module a notebook imports
 - `parse_parameters` reads a parameters cell with `ast` (plain literal assignments only) and
   the rule in the comment on each assignment line;
 - `parse_value` turns command-line text into a value, typed by the parameter's default (the
-  one place values are parsed: `-p` of lab.infra.nbtools, `--grid` of lab.infra.batch, and
+  one place values are parsed: `-p` of lab.commands.nbtools, `--grid` of lab.commands.batch, and
   the values in a `one of:` rule);
 - `validate` checks a set of values against the declared parameters: unknown names, types,
   then rules, every problem in one ValueError naming the parameter and what is allowed.

@@ -3,7 +3,7 @@
 Every module of `lab` imports `from tqdm.auto import tqdm`. With ipywidgets installed, tqdm picks
 its widget bar in any Jupyter kernel, which is right in JupyterLab and wrong under papermill:
 there nobody renders the widget, and the executed notebook keeps only the widget's text fallback
-frozen at 0%. So a batch kernel (LAB_PROGRESS=text, which `lab.infra.nbtools.execute` sets for
+frozen at 0%. So a batch kernel (LAB_PROGRESS=text, which `lab.commands.nbtools.execute` sets for
 the kernels it starts; set it yourself for plain `papermill`) gets tqdm's text bar instead.
 This runs from `lab/__init__`, before any lab module binds `tqdm.auto.tqdm`.
 """

@@ -1,10 +1,10 @@
 """A papermill sweep over a parameter grid: one run per visible GPU at a time, resumable.
 
-    python -m lab.infra.batch notebooks/05_flow_matching.ipynb \
+    python -m lab.commands.batch notebooks/05_flow_matching.ipynb \
         --grid path=linear,slerp radial_weight=0,0.1,1 steps=400000 --gpus 0,1,2,3
-    python -m lab.infra.batch notebooks/05_flow_matching.ipynb --grid ... --slurm sweep.sh
+    python -m lab.commands.batch notebooks/05_flow_matching.ipynb --grid ... --slurm sweep.sh
 
-Every grid point is one `python -m lab.infra.nbtools` subprocess with CUDA_VISIBLE_DEVICES set to its
+Every grid point is one `python -m lab.commands.nbtools` subprocess with CUDA_VISIBLE_DEVICES set to its
 GPU, so each run sees one device. Points whose identical-parameter run is already `done` are
 skipped (--no-resume runs them again), so an interrupted sweep continues where it stopped.
 --slurm writes a job-array script instead of running: task i runs grid point i
@@ -67,14 +67,14 @@ def visible_gpus():
 
 
 def subprocess_executor(notebook, params, *, gpu, runs_dir, reuse, kernel="python3", env=None):
-    """Run one grid point as `python -m lab.infra.nbtools` with CUDA_VISIBLE_DEVICES=gpu (and `env` added)."""
+    """Run one grid point as `python -m lab.commands.nbtools` with CUDA_VISIBLE_DEVICES=gpu (and `env` added)."""
     env = dict(os.environ, **(env or {}))
     root = str(runs.repo_root())
     env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(
         os.pathsep) if p and p != root])
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = str(gpu)
-    cmd = [sys.executable, "-m", "lab.infra.nbtools", str(notebook), "--params-json",
+    cmd = [sys.executable, "-m", "lab.commands.nbtools", str(notebook), "--params-json",
            json.dumps(params), "--kernel", kernel]
     if runs_dir:
         cmd += ["--runs-dir", str(runs_dir)]
@@ -87,7 +87,7 @@ def subprocess_executor(notebook, params, *, gpu, runs_dir, reuse, kernel="pytho
         except json.JSONDecodeError:
             continue
     tail = (proc.stderr or proc.stdout).strip()[-2000:]
-    return {"status": "failed", "dir": None, "error": f"lab.infra.nbtools exited {proc.returncode}: {tail}"}
+    return {"status": "failed", "dir": None, "error": f"lab.commands.nbtools exited {proc.returncode}: {tail}"}
 
 
 def sweep(notebook, grid, *, gpus=None, runs_dir=None, resume=True, executor=None,
@@ -177,13 +177,13 @@ def slurm_script(notebook, grid_items, n_points, *, runs_dir=None, sbatch=(), ma
               f"export PYTHONPATH={shlex.quote(str(root))}${{PYTHONPATH:+:$PYTHONPATH}}"]
     if runs_dir:
         lines += [f"export LAB_RUNS_DIR={shlex.quote(str(Path(runs_dir).resolve()))}"]
-    cmd = [python or sys.executable, "-m", "lab.infra.batch", str(notebook), "--grid", *grid_items]
+    cmd = [python or sys.executable, "-m", "lab.commands.batch", str(notebook), "--grid", *grid_items]
     lines += [" ".join(shlex.quote(c) for c in cmd) + ' --index "$SLURM_ARRAY_TASK_ID"', ""]
     return "\n".join(lines)
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m lab.infra.batch", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m lab.commands.batch", description=__doc__.split("\n")[0])
     ap.add_argument("notebook")
     ap.add_argument("--grid", nargs="+", default=[], metavar="KEY=V1,V2",
                     help="parameter values to sweep (a single value fixes a parameter)")

@@ -1,6 +1,6 @@
 """torchrun from a notebook cell: one generator trained on all GPUs of this node (DDP).
 
-    from lab.infra import launch
+    from lab.commands import launch
     launch.torchrun("lab.train", nproc=8, latents=files, out_dir="runs/gen/xl", size="XL",
                     path="slerp", loss="riemannian", radial_weight=0.1, steps=400000, batch_size=256)
 

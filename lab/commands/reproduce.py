@@ -1,10 +1,10 @@
 """Run every notebook in notebooks/ on its defaults, one progress line each as it finishes.
 
-    python -m lab.infra.reproduce [--only 01,05] [--runs-dir DIR] [--reuse] [--jobs N]
+    python -m lab.commands.reproduce [--only 01,05] [--runs-dir DIR] [--reuse] [--jobs N]
 
-Each notebook goes through `lab.infra.nbtools.execute` (its own run folder, executed notebook inside);
+Each notebook goes through `lab.commands.nbtools.execute` (its own run folder, executed notebook inside);
 a failure is reported and the next notebook still runs; the exit code is 1 if any failed.
-`make reproduce` runs this and then `python -m lab.infra.report`.
+`make reproduce` runs this and then `python -m lab.commands.report`.
 
 --jobs N (default: 2 on a CPU-only machine with 2+ cores, else 1) runs N notebooks at once, each in
 its own process with an equal share of the cores (OMP_NUM_THREADS and LAB_CPUS), longest first.
@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 from lab import runs
-from lab.infra import batch, nbtools
-from lab.infra.workers import cpus
+from lab.commands import batch, nbtools
+from lab.workers import cpus
 
 # minutes each notebook took in its one-thread lane on the 2-core machine (make reproduce of d8b6ed3,
 # 2026-11-23): the lanes take the longest first, so the two big ones start together and the short
@@ -120,7 +120,7 @@ def run_lanes(todo, jobs, *, runs_dir=None, reuse=False, kernel="python3"):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m lab.infra.reproduce", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m lab.commands.reproduce", description=__doc__.split("\n")[0])
     ap.add_argument("--only", default=None, help="comma-separated name prefixes, e.g. 01,05")
     ap.add_argument("--runs-dir", default=None, help="default $LAB_RUNS_DIR or runs/")
     ap.add_argument("--notebooks", default=None, help="folder of notebooks (default notebooks/)")

@@ -1,4 +1,4 @@
-"""Benchmark: step time, throughput, memory, MFU, and what the sphere costs. `python -m lab.infra.bench`
+"""Benchmark: step time, throughput, memory, MFU, and what the sphere costs. `python -m lab.commands.bench`
 
 Defaults: on CUDA sizes S and XL at paper shape (256 tokens x 768 channels, RAE's 2-layer 2048-wide
 DDT head, bf16); on a CPU tiny and S at 16 x 32 with a head twice the base width, fp32. Both kinds

