@@ -141,3 +141,17 @@ def test_every_notebook_parameter_declares_a_rule():
             if p.rule is None:
                 missing.append(f"{nb.stem}: {name}")
     assert missing == []
+
+
+@pytest.mark.parametrize("raw", ["inf", "-inf", "nan", "1e999"])
+def test_non_finite_numbers_are_refused_naming_the_parameter(raw):
+    """Issue 21 item 7: `lr inf` passed the `> 0` rule (inf > 0) and trained into NaNs."""
+    d = params.parse_parameters(CELL)
+    values = {n: p.default for n, p in d.items()}
+    values["lr"] = params.parse_value(raw, d["lr"].default)
+    with pytest.raises(ValueError, match=r"parameter `lr` = .* is not a finite number"):
+        params.validate("demo", d, values)
+    no_rule = params.parse_parameters("scale = 1.0\n")  # a float without a rule refuses it too
+    with pytest.raises(ValueError, match=r"parameter `scale` = .* is not a finite number"):
+        params.validate("demo", no_rule, {"scale": values["lr"]})
+    assert params.parse_rule("> 0").problem(values["lr"]) is not None

@@ -13,6 +13,7 @@ import ast
 import difflib
 import io
 import json
+import math
 import re
 import tokenize
 from dataclasses import dataclass
@@ -90,6 +91,8 @@ class Rule:
             return None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return f"{value!r} is not a number"
+        if not math.isfinite(value):  # inf > 0 holds, and an inf lr trains into NaNs
+            return f"{value!r} is not a finite number"
         if self.kind == "in":
             lo, hi = self.args
             return None if lo <= value <= hi else ""
@@ -259,6 +262,8 @@ def _problem(p, value):
     if not ok:
         return (f"parameter `{p.name}` = {value!r} has type {type(value).__name__}: expected "
                 f"{want} (default {d!r})"), value
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"parameter `{p.name}` = {value!r} is not a finite number: give a finite value", value
     if p.rule is None or (value is None and d is None):
         return None, value  # a None default means "off": None passes its rule
     why = p.rule.problem(value)
