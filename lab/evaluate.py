@@ -11,6 +11,16 @@ import torch
 from lab import class_agreement, metrics, samplers
 from lab import geometry as geo
 
+# Notebook 05 compares class agreement with and without CFG on the same generator and seed: the
+# unguided samples draw their noise from seed + NOCFG_SEED_OFFSET, so the two agreements come from
+# independent draws (the same noise under two guidance scales would correlate the two estimates).
+NOCFG_SEED_OFFSET = 10_000
+
+
+def nocfg_seed(seed):
+    """The noise seed of the samples drawn without guidance for configuration seed `seed`."""
+    return int(seed) + NOCFG_SEED_OFFSET
+
 
 def _device_of(module, device=None):
     """`device` if given, else where the module's parameters live (CPU for a parameterless module)."""

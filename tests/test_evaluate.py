@@ -135,3 +135,25 @@ def test_device_of_module_default_and_override():
     assert evaluate._device_of(torch.nn.Linear(2, 2, device="meta")).type == "meta"
     assert evaluate._device_of(Patchify()) == torch.device("cpu")  # no parameters: the CPU
     assert evaluate._device_of(torch.nn.Linear(2, 2), "meta") == torch.device("meta")
+
+
+def test_unguided_samples_draw_other_noise_than_guided_ones_each_reproducibly():
+    # issue 21 item 12: notebook 05's CFG and no-CFG agreements must not share a noise draw
+    zero = lambda x, t, y: torch.zeros_like(x)  # noqa: E731  (the samples are the prior draws)
+    s = 3
+    assert evaluate.nocfg_seed(s) == s + evaluate.NOCFG_SEED_OFFSET != s
+    guided, _ = evaluate.generate(zero, 4, (16, 32), steps=2, seed=s, num_classes=1)
+    free, _ = evaluate.generate(zero, 4, (16, 32), steps=2, seed=evaluate.nocfg_seed(s), num_classes=1)
+    again, _ = evaluate.generate(zero, 4, (16, 32), steps=2, seed=evaluate.nocfg_seed(s), num_classes=1)
+    assert torch.equal(free, again)
+    assert not torch.allclose(guided, free)
+    # no seed of a notebook's range (seed, seed + seeds) lands on another seed's unguided draw
+    assert all(evaluate.nocfg_seed(a) != b for a in range(100) for b in range(100))
+
+
+def test_notebook_05_takes_the_unguided_seed_from_lab_evaluate():
+    import json
+    from pathlib import Path
+    nb = Path(__file__).resolve().parents[1] / "notebooks" / "05_flow_matching.ipynb"
+    code = "".join("".join(c["source"]) for c in json.loads(nb.read_text())["cells"] if c["cell_type"] == "code")
+    assert "evaluate.nocfg_seed(s)" in code and "10_000" not in code
