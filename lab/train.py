@@ -27,14 +27,16 @@ import contextlib
 import copy
 import math
 import os
+import time
 
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 
-from lab import check_choice, flows
+from lab import check_choice, flows, samplers
 from lab import geometry as geo
 from lab.dit import dit
+from lab.infra.curves import curves
 from lab.trainutil import (NaNGuard, barrier, ddp_cleanup, ddp_setup, exit_process, is_main,
                            latest_checkpoint, load_checkpoint, requires_grad, save_checkpoint,
                            step_seed, update_ema)
@@ -179,6 +181,27 @@ def auto_accum_steps(model, batch, budget_gb, *, device, **step_kw):
                      "use checkpoint=True, a smaller model or more GPUs")
 
 
+SAMPLE_STATS_N, SAMPLE_STATS_STEPS = 8, 10  # a few short samples at each checkpoint: cheap
+
+
+@torch.no_grad()
+def sample_stats(ema, shape, *, path, shift, num_classes, seed=0):
+    """Token-norm statistics of a few EMA samples: the curves' stand-in for an image grid.
+
+    The trainer has latents, not a decoder, so it logs how far the samples' token norms sit from
+    the data's (the lab's question) rather than pictures. Noise from its own generator: the
+    training's RNG streams are untouched.
+    """
+    device = next(ema.parameters()).device
+    g = torch.Generator(device).manual_seed(seed)
+    y = torch.arange(SAMPLE_STATS_N, device=device) % num_classes
+    x = samplers.sample(ema, (SAMPLE_STATS_N, *shape), y, steps=SAMPLE_STATS_STEPS, shift=shift,
+                        prior="sphere" if path == "slerp" else "gaussian", null_class=num_classes,
+                        generator=g, device=device)
+    norms = x.float().norm(dim=-1)
+    return {"samples/token_norm_mean": norms.mean().item(), "samples/token_norm_std": norms.std().item()}
+
+
 def train_generator(latents, labels=None, *, model=None, size="tiny", model_kw=None,
                     path="linear", loss="euclidean", radial_weight=0.0, time_dist="logit_normal",
                     shift=True, steps=1000, batch_size=64, lr=1e-4, betas=(0.9, 0.95),
@@ -280,13 +303,22 @@ def train_generator(latents, labels=None, *, model=None, size="tiny", model_kw=N
 
     healthy = torch.ones((), dtype=torch.bool, device=device)  # False from the first bad step on
     pending = []  # (loss, gradient norm) device tensors of the steps since the last check
+    log = curves(os.path.join(out_dir, "tb") if out_dir else None, start)  # no-op without out_dir / off rank 0
+    since = [time.perf_counter()]  # when the steps now pending began
 
     def check(last):
-        """One host sync: append the pending losses; at a bad step save the state before it and raise."""
+        """One host sync: append the pending losses; at a bad step save the state before it and raise.
+
+        The curves get what this sync brought back: each step's loss and gradient norm (at step
+        number = steps done, so losses[i] is at i + 1), the mean step time since the last check, lr.
+        """
         first = last + 1 - len(pending)
         values = torch.stack([torch.stack(v) for v in pending]).tolist()
+        log.scalars(last + 1, {"lr": opt.param_groups[0]["lr"],
+                               "step_time_s": (time.perf_counter() - since[0]) / len(pending)})
         pending.clear()
         for step, (value, grad_norm) in enumerate(values, start=first):
+            log.scalars(step + 1, {"loss": value, "grad_norm": grad_norm})
             bad = [(w, v) for w, v in (("loss", value), ("gradient norm", grad_norm)) if not math.isfinite(v)]
             if bad:
                 found = f"(found at the check after step {last}; checked every {log_every} steps)"
@@ -308,8 +340,13 @@ def train_generator(latents, labels=None, *, model=None, size="tiny", model_kw=N
                 check(step)
                 bar.set_postfix(loss=f"{sum(losses[-log_every:]) / len(losses[-log_every:]):.4f}")
             if is_ckpt:
+                if log.tb is not None:
+                    log.scalars(done, sample_stats(ema, (N, C), path=path, shift=shift, num_classes=num_classes))
                 save(done)
+            if not len(pending):
+                since[0] = time.perf_counter()
     finally:
+        log.close()
         bar.close()
         ddp_cleanup()
     return dict(model=model, ema=ema, losses=losses, step=max(start, steps), out_dir=out_dir,

@@ -23,8 +23,15 @@ discriminator takes a hinge step on the same batch (HAE trains it alone for a wa
 
 History: {'step': [1, 2, ...], 'loss': [...], <part>: [...]}, one entry per step; a part that starts
 late (the GAN terms) is NaN before it starts, so every list lines up with 'step'.
+
+Curves (log_dir): TensorBoard event files (lab.infra.curves) with the history of every step (at
+the same step numbers), the learning rate, the gradient norm before clipping, the step time, and at
+the first step, every checkpoint and the last step a grid of RECON_GRID inputs above their
+reconstructions, all from the batch the step already computed (the loop reads the loss every step
+anyway, so this adds no device sync that matters).
 """
 import math
+import time
 
 import torch
 from tqdm.auto import tqdm
@@ -33,8 +40,10 @@ from lab import encoders, trainutil
 from lab.autoencoders.disc import DinoDisc
 from lab.autoencoders.losses import adaptive_weight, hinge_d_loss, hinge_g_loss
 from lab import feature_nets
+from lab.infra.curves import curves
 
 PRELOAD_BYTES = 2 << 30  # datasets smaller than this are held in memory as one tensor
+RECON_GRID = 4  # images in the curves' reconstruction grid
 
 
 # ----------------------------------------------------------------------------- data
@@ -100,6 +109,20 @@ def _log(hist, step, loss, parts):
         hist.setdefault(k, [float("nan")] * (len(hist["step"]) - 1)).append(float(v))
 
 
+def _curves(log, hist, opt, grad_norm, seconds, out=None):
+    """This step's history entries, lr, gradient norm and time; with `out`, its inputs above their decodes."""
+    if log.tb is None:
+        return
+    step = hist["step"][-1]
+    extra = {"lr": opt.param_groups[0]["lr"], "step_time_s": seconds}
+    if grad_norm is not None:
+        extra["grad_norm"] = float(grad_norm)
+    log.scalars(step, dict({k: v[-1] for k, v in hist.items() if k != "step"}, **extra))
+    if out is not None and "x_hat" in out:
+        n = min(RECON_GRID, len(out["x"]))
+        log.images(step, "recon", torch.cat([out["x"][:n], out["x_hat"][:n]]), nrow=n)
+
+
 def _disc_step(disc, opt_d, x, x_hat, step, device):
     """One hinge step of the discriminator on real x and the detached reconstruction; its loss."""
     trainutil.requires_grad(disc, True)
@@ -115,14 +138,14 @@ def _disc_step(disc, opt_d, x, x_hat, step, device):
 def fit(step_fn, params, n_data, *, steps, batch_size, lr, modules=None, ckpt_dir=None, resume=True, seed=0,
         stream=0, device=None, betas=(0.9, 0.95), weight_decay=0.0, grad_clip=1.0, ckpt_every=500, keep=2,
         disc=None, gan_weight=0.5, gan_start=0, disc_start=0, disc_lr=None, disc_betas=(0.5, 0.9),
-        last_layer=None, desc="train", progress=True):
+        last_layer=None, desc="train", progress=True, log_dir=None):
     """Train `params` with AdamW on step_fn's loss for `steps` steps in total (a resumed run continues to it).
 
     n_data: the number of images batch indices are drawn from. modules: {name: module} a checkpoint
     stores (the discriminator is added as 'disc'); ckpt_dir: where (None: no checkpoints, no resume).
     stream: separates runs that share a seed (trainutil.step_seed). disc: a discriminator turns the
     GAN on (see the module docstring); last_layer: the decoder weight the adaptive weight is taken at.
-    Returns the history.
+    log_dir: where the training curves go (None: none). Returns the history.
     """
     device = trainutil.pick_device(device)
     params = list(params)
@@ -143,31 +166,37 @@ def fit(step_fn, params, n_data, *, steps, batch_size, lr, modules=None, ckpt_di
             return trainutil.save_checkpoint(ckpt_dir, step, modules, optimizers, extra={"history": hist},
                                              keep=keep)
 
+    log = curves(log_dir, start)
     bar = tqdm(range(start, steps), initial=start, total=steps, desc=desc, leave=False, disable=not progress)
-    for step in bar:
-        g_idx, gen = trainutil.step_generators(seed, step, device, stream)
-        idx = torch.randint(n_data, (batch_size,), generator=g_idx)
-        gan_on = disc is not None and step >= gan_start
-        with trainutil.autocast(device):
-            out = step_fn(idx, gen, step)
-            loss, parts = out["loss"], dict(out.get("parts", {}))
-            if gan_on:
-                trainutil.requires_grad(disc, False)  # the decoder's step: gradients reach the images only
-                g_loss = hinge_g_loss(disc(out["x_hat"]))
-                w = adaptive_weight(out["rec"], g_loss, last_layer) if last_layer is not None else torch.ones(())
-                loss = loss + gan_weight * w * g_loss
-                parts.update(g=g_loss.detach(), gan_w=w)
-        trainutil.check_finite(loss, step, on_fail=lambda: save(step))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_clip:
-            torch.nn.utils.clip_grad_norm_(params, grad_clip)
-        opt.step()
-        if disc is not None and step >= disc_start:
-            parts["d"] = _disc_step(disc, opt_d, out["x"], out["x_hat"], step, device)
-        _log(hist, step + 1, loss.detach(), parts)
-        if (step + 1) % 10 == 0 or step + 1 == steps:
-            bar.set_postfix({k: f"{hist[k][-1]:.4f}" for k in ("loss", "l1", "lpips", "align") if k in hist})
-        if (step + 1) % ckpt_every == 0 or step + 1 == steps:
-            save(step + 1)
+    try:
+        for step in bar:
+            began = time.perf_counter()
+            g_idx, gen = trainutil.step_generators(seed, step, device, stream)
+            idx = torch.randint(n_data, (batch_size,), generator=g_idx)
+            gan_on = disc is not None and step >= gan_start
+            with trainutil.autocast(device):
+                out = step_fn(idx, gen, step)
+                loss, parts = out["loss"], dict(out.get("parts", {}))
+                if gan_on:
+                    trainutil.requires_grad(disc, False)  # the decoder's step: gradients reach the images only
+                    g_loss = hinge_g_loss(disc(out["x_hat"]))
+                    w = adaptive_weight(out["rec"], g_loss, last_layer) if last_layer is not None else torch.ones(())
+                    loss = loss + gan_weight * w * g_loss
+                    parts.update(g=g_loss.detach(), gan_w=w)
+            trainutil.check_finite(loss, step, on_fail=lambda: save(step))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip) if grad_clip else None
+            opt.step()
+            if disc is not None and step >= disc_start:
+                parts["d"] = _disc_step(disc, opt_d, out["x"], out["x_hat"], step, device)
+            _log(hist, step + 1, loss.detach(), parts)
+            is_ckpt = (step + 1) % ckpt_every == 0 or step + 1 == steps
+            _curves(log, hist, opt, grad_norm, time.perf_counter() - began, out if is_ckpt or step == start else None)
+            if (step + 1) % 10 == 0 or step + 1 == steps:
+                bar.set_postfix({k: f"{hist[k][-1]:.4f}" for k in ("loss", "l1", "lpips", "align") if k in hist})
+            if is_ckpt:
+                save(step + 1)
+    finally:
+        log.close()
     return hist

@@ -17,7 +17,7 @@ Exact resume: every random draw of step k (batch indices, sigma, eps) comes from
 (seed, k, stream=stage), so a run killed after a checkpoint at step k and resumed reproduces the run
 that was never killed. Each stage checkpoints under out_dir/stage<k>/ (lab.trainutil layout); a
 stage that starts without its own checkpoint takes the weights of the newest earlier stage found
-under out_dir.
+under out_dir, and writes its training curves to out_dir/tb/stage<k>/ (TensorBoard: one run per stage).
 """
 import os
 
@@ -117,7 +117,8 @@ def train_stage(ae, data, stage=1, *, steps=500, batch_size=16, lr=2e-4, betas=(
                ckpt_dir=ckpt_dir, resume=resume, seed=seed, stream=stage, device=device, betas=betas,
                grad_clip=grad_clip, ckpt_every=ckpt_every, keep=keep, disc=disc if gan else None,
                gan_weight=w_gan, gan_start=disc_warmup, disc_lr=disc_lr, last_layer=ae.decoder.last_layer,
-               desc=f"HAE stage {stage}", progress=progress)
+               desc=f"HAE stage {stage}", progress=progress,
+               log_dir=os.path.join(out_dir, "tb", f"stage{stage}") if out_dir else None)
 
 
 def train_stages(ae, data, steps=(100, 20, 20, 20), *, out_dir=None, disc=None, noise_tau=0.8, seed=0,

@@ -2,7 +2,8 @@
 
 Each trainer is one call a notebook makes: train_rae / train_gae / train_vae / finetune_spherical
 (ae, data, steps, batch_size, lr, out_dir, resume, ...) -> history dict. Checkpoints go to
-`<out_dir>/checkpoints` (ae.checkpoint_modules(): frozen encoders left out); what trains is
+`<out_dir>/checkpoints` (ae.checkpoint_modules(): frozen encoders left out), training curves to
+`<out_dir>/tb` (TensorBoard, fit.py's docstring); what trains is
 ae.trainable_parameters(). Extra keywords go to fit.fit (betas, grad_clip, ckpt_every, disc, ...).
 
 Frozen parts are computed once: with `cache=True` (default) the frozen encoder's tokens (RAE,
@@ -23,8 +24,12 @@ from lab.autoencoders.vae import kl_gaussian
 
 
 def _fit_ae(ae, step, n_data, out_dir, last_layer=None, **kw):
-    """fit() on ae's trainable parameters, checkpointing its checkpoint modules; ae in train mode, then eval."""
+    """fit() on ae's trainable parameters, checkpointing its checkpoint modules; ae in train mode, then eval.
+
+    Training curves go to <out_dir>/tb (unless the caller names another log_dir).
+    """
     ae.train()
+    kw.setdefault("log_dir", os.path.join(out_dir, "tb") if out_dir else None)
     hist = fit(step, ae.trainable_parameters(), n_data, modules=ae.checkpoint_modules(),
                ckpt_dir=os.path.join(out_dir, "checkpoints") if out_dir else None, last_layer=last_layer, **kw)
     ae.eval()
