@@ -19,7 +19,6 @@ import errno
 import faulthandler
 import gc
 import os
-import pickle
 import random
 import re
 import shutil
@@ -34,7 +33,7 @@ import torch.distributed as dist
 from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
-from lab.infra import cache, safe_files
+from lab.infra import cache, safe_files, sources
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 _TEMP_DIR = re.compile(r"^\.(?:tmp|old)_step_\d+_(\d+)_\d+$")
@@ -275,13 +274,9 @@ def latest_checkpoint(ckpt_dir):
 
 
 def load_checkpoint(path, modules, optimizers=None, restore_rng=True, strict=True):
-    """Load a checkpoint into `modules` / `optimizers` in place; return (step, extra).
-
-    path: one checkpoint folder (`.../step_00001000`) or a folder of them (the newest intact one
-    is taken; a corrupt newer one is moved aside with a warning, see latest_checkpoint).
-    A checkpoint named explicitly that fails its checks raises CheckpointError naming the file.
-    Modules listed here but missing from the checkpoint raise FileNotFoundError.
-    """
+    """Load a checkpoint into `modules` / `optimizers` in place; return (step, extra). path: one checkpoint
+    (`.../step_00001000`) or a folder of them: the newest intact one (see latest_checkpoint). Raises
+    CheckpointError (a named checkpoint fails its checks), CheckpointShapeError, FileNotFoundError."""
     if os.path.isfile(os.path.join(path, "state.pt")):
         return _load_one(path, modules, optimizers, restore_rng, strict)
     while True:
@@ -294,6 +289,10 @@ def load_checkpoint(path, modules, optimizers=None, restore_rng=True, strict=Tru
             safe_files.set_aside(newest, str(err), "fell back to the previous checkpoint")
 
 
+class CheckpointShapeError(ValueError):
+    """Not a CheckpointError: the checkpoint is intact, so it is never set aside."""
+
+
 def _load_one(path, modules, optimizers, restore_rng, strict):
     bad = checkpoint_problem(path)
     if bad:
@@ -303,17 +302,21 @@ def _load_one(path, modules, optimizers, restore_rng, strict):
         file = os.path.join(path, f"{name}.safetensors")
         if not os.path.isfile(file):
             raise FileNotFoundError(f"checkpoint {path!r} has no weights for module {name!r}")
-        target = unwrap(module)
-        device = next(iter(target.state_dict().values()), torch.empty(0)).device
         try:
-            load_model(target, file, strict=strict, device=str(device))
+            shape = sources.shape_mismatch(file, (target := unwrap(module)).state_dict())
+            if shape:  # a resume into an --out-dir trained with another --width: say how to start fresh
+                raise CheckpointShapeError(
+                    f"{os.path.dirname(os.path.abspath(path))} holds a checkpoint of another shape: {name}.{shape[0]} "
+                    f"is {shape[1]} there, {shape[2]} in this model. Resume with the settings it was trained with, or "
+                    "start fresh: give another --out-dir, or move that folder's step_* folders away.")
+            device = str(next(iter(target.state_dict().values()), torch.empty(0)).device)
+            load_model(target, file, strict=strict, device=device)
         except (OSError, SafetensorError) as err:
             raise CheckpointError(f"checkpoint file {file} does not load ({err})") from err
-    file = os.path.join(path, "state.pt")
     try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as err:
-        raise CheckpointError(f"checkpoint file {file} does not load ({type(err).__name__}: {err})") from err
+        state = sources.load_torch_file(os.path.join(path, "state.pt"), "checkpoint file")
+    except cache.CorruptFile as err:
+        raise CheckpointError(str(err)) from err
     for name, opt in (optimizers or {}).items():
         if name not in state["optimizers"]:
             raise KeyError(f"checkpoint {path!r} has no state for optimizer {name!r}; "

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from lab.infra.cache import (FETCH_COMMAND, AssetError, CorruptFile, cache_dir, cache_lock, move_aside,
@@ -212,6 +213,23 @@ def load_numpy_pickle(path):
         return NumpyUnpickler(f).load()
 
 
+def load_torch_file(path, what="weights file"):
+    """torch.load(weights_only=True) of a user's file; anything that is not one (text, a cut file,
+    a pickle of code or objects) raises CorruptFile naming the file, never suggesting weights_only=False."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:  # torch's message advises weights_only=False: not shown
+        raise CorruptFile(path, f"{what} {Path(path).name} is not a valid checkpoint: it holds code or objects "
+                                "(not only tensors and plain values), which the lab refuses to load",
+                          "Save the weights as a state dict (torch.save(model.state_dict(), path)) or "
+                          "as safetensors, and give that file.") from None
+    except Exception as err:  # a text file: KeyError: 101; a cut zip: a miniz RuntimeError
+        raise CorruptFile(path, f"{what} {Path(path).name} is not a valid checkpoint "
+                                f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})",
+                          "Check the file is complete (compare its size with the original) and was "
+                          "written by torch.save or safetensors.") from None
+
+
 def load_weights_file(path):
     """A state dict from a safetensors or torch file (torch.load with weights_only=True only)."""
     path = Path(path)
@@ -223,9 +241,24 @@ def load_weights_file(path):
         except Exception as err:  # safetensors' own errors ("incomplete metadata") name no file
             raise CorruptFile(path, f"{path.name} is not a readable safetensors file "
                                     f"({err.__class__.__name__}: {err})") from err
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = load_torch_file(path)
     for key in ("state_dict_ema", "model_ema", "state_dict", "model", "module"):
         if isinstance(ckpt, dict) and isinstance(ckpt.get(key), dict):
             ckpt = ckpt[key]
             break
+    if not isinstance(ckpt, dict) or not all(torch.is_tensor(v) for v in ckpt.values()):
+        raise CorruptFile(path, f"weights file {path.name} is not a valid checkpoint: it loads as a "
+                                f"{type(ckpt).__name__}, not a state dict of named tensors")
     return {k.removeprefix("module."): v for k, v in ckpt.items()}
+
+
+def shape_mismatch(file, state_dict):
+    """(name, saved shape, wanted shape) of the first tensor of a safetensors `file` whose shape
+    differs from the one in `state_dict`, else None (reads only the file's header)."""
+    with safe_open(str(file), "pt") as f:
+        for name in f.keys():
+            want = state_dict.get(name)
+            saved = tuple(f.get_slice(name).get_shape())
+            if want is not None and tuple(want.shape) != saved:
+                return name, saved, tuple(want.shape)
+    return None
