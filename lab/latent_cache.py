@@ -14,7 +14,9 @@ Why it cannot be corrupted by kills or by two processes at once:
 - A shard is written under a unique temporary name and renamed into place, then its record is
   written: a shard exists only when complete, so a killed encode resumes from its finished shards
   (one without a record is encoded again).
-- Every shard is checked against its record before it is loaded; one that fails (an overwritten
+- Every shard is checked against its record before it is loaded (size and fingerprint, the full
+  sha256 for shards under cache.FULL_HASH_BELOW or with verify=True / LAB_VERIFY_FULL=1; a full
+  check of a folder is `python -m lab.commands.verify FOLDER`); one that fails (an overwritten
   tail, two shards swapped) is named in a warning, moved aside and encoded again. A cut key.json
   likewise. Encoding runs under an inter-process lock: a second process waits, then reads.
 """
@@ -91,15 +93,15 @@ def _meta(folder, full, m, shard_size):
     return meta, rebuild
 
 
-def _check(folder, s):
-    """None if shard s is present and matches its record, else what is wrong."""
+def _check(folder, s, full=None):
+    """None if shard s is present and matches its record, else what is wrong (full: cache.verify_file's)."""
     shard = _shard(folder, s)
     if not shard.exists():
         return "missing"
     if not cache.record_path(shard).exists():
         return "unrecorded"  # a kill between shard and record, or a cache older than records
     try:
-        cache.verify_file(shard, what=f"latent shard {shard}")
+        cache.verify_file(shard, what=f"latent shard {shard}", full=full)
     except cache.CorruptFile as err:
         return err.reason
     return None
@@ -118,7 +120,7 @@ def _encode_shard(encode_fn, dataset, folder, s, start, stop, batch_size, bar, d
 
 
 def cached_latents(encode_fn, dataset, key, batch_size=64, cache_root=None, shard_size=None,
-                   progress=True, dtype=None, device=None, num_workers=0, mapped=False):
+                   progress=True, dtype=None, device=None, num_workers=0, mapped=False, verify=False):
     """(latents [M, N, C], labels [M] int64) of `encode_fn` over `dataset`, cached on disk.
 
     encode_fn: images [B, 3, H, W] float32 in [0, 1] -> tokens [B, N, C] (runs under torch.no_grad()).
@@ -131,6 +133,8 @@ def cached_latents(encode_fn, dataset, key, batch_size=64, cache_root=None, shar
         on the CPU. num_workers: DataLoader workers that decode the images (pinned on CUDA).
     mapped: return MappedLatents (rows read from the mapped shards on demand; for torchrun ranks)
         instead of one tensor in memory.
+    verify: hash every byte of every shard before loading (default: size and fingerprint for shards
+        of cache.FULL_HASH_BELOW bytes or more, so opening a huge cache reads only their headers).
     """
     if not isinstance(key, dict) or not key:
         raise ValueError(f"key must be a non-empty dict naming encoder, data, resolution, n; got {key!r}")
@@ -141,11 +145,13 @@ def cached_latents(encode_fn, dataset, key, batch_size=64, cache_root=None, shar
     folder, full = key_dir(key, m, cache_root)
     full = json.loads(json.dumps(full, default=str))
     meta = _read_meta(folder, full)  # the common case reads only, without a lock
-    if meta is None or any(_check(folder, s) for s in range(meta["shards"])):
+    every_byte = True if verify else None
+    if meta is None or any(_check(folder, s, every_byte) for s in range(meta["shards"])):
         folder.mkdir(parents=True, exist_ok=True)
         with safe_files.file_lock(folder / ".lock", what=f"latents {folder.name}", log=None):
             meta, rebuild = _meta(folder, full, m, shard_size or batch_size * 16)
-            _fill(encode_fn, dataset, folder, meta, batch_size, rebuild, progress, (dtype, device, num_workers))
+            _fill(encode_fn, dataset, folder, meta, batch_size, rebuild, progress, (dtype, device, num_workers),
+                  every_byte)
     return _load(folder, meta, m, mapped)
 
 
@@ -162,12 +168,12 @@ def _dtype(dtype, device):
     return dtype
 
 
-def _fill(encode_fn, dataset, folder, meta, batch_size, rebuild, progress, how):
+def _fill(encode_fn, dataset, folder, meta, batch_size, rebuild, progress, how, full=None):
     """Encode every shard that is missing or fails its record (the bad ones moved aside first)."""
     m, size = meta["items"], meta["shard_size"]
     todo = []
     for s in range(meta["shards"]):
-        bad = "rebuild" if rebuild else _check(folder, s)
+        bad = "rebuild" if rebuild else _check(folder, s, full)
         if bad and bad not in ("missing", "rebuild", "unrecorded"):
             safe_files.set_aside(_shard(folder, s), f"latent shard {_shard(folder, s)} is corrupt: {bad}",
                                  "it is encoded again")

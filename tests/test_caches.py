@@ -299,3 +299,143 @@ def test_a_cut_zoo_done_json_is_set_aside_and_the_recipe_finished_again(tmp_path
     assert all(torch.equal(first[k], again[k]) for k in first)  # resumed at the final checkpoint
     assert json.loads(done.read_text())["recipe"]["kind"] == "generator"
     assert any(p.name.startswith("done.json.bad-") for p in folder.iterdir())
+
+
+# ----------------------------------------------------------------------------- verification that scales (issue 22, item 2)
+
+from lab.commands import verify as verify_cmd  # noqa: E402
+from lab.infra import cache  # noqa: E402
+
+
+class _Counted:
+    """A file whose reads add to a shared byte count."""
+
+    def __init__(self, f, count):
+        self.f, self.count = f, count
+
+    def read(self, n=-1):
+        block = self.f.read(n)
+        self.count[0] += len(block)
+        return block
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
+def _count_reads(monkeypatch):
+    """Count every byte lab.infra.cache reads through open()."""
+    count = [0]
+    monkeypatch.setattr(cache, "open", lambda *a, **k: _Counted(open(*a, **k), count), raising=False)
+    return count
+
+
+def _big_file(tmp_path, size=2 << 20):
+    path = tmp_path / "big.bin"
+    payload = torch.randint(0, 256, (size,), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    cache.write_verified(path, lambda tmp: open(tmp, "wb").write(payload.numpy().tobytes()))
+    return path
+
+
+def _flip(path, offset):
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0xFF]))
+
+
+def _between_blocks(size):
+    """An offset no fingerprint block covers: just after the middle block."""
+    span = size - cache.HEAD_BYTES - cache.BLOCK_BYTES
+    return cache.HEAD_BYTES + span * 7 // (cache.BLOCKS - 1) + cache.BLOCK_BYTES + 100
+
+
+def test_a_large_file_is_opened_reading_only_its_header_and_blocks(tmp_path, monkeypatch):
+    monkeypatch.setattr(cache, "FULL_HASH_BELOW", 1 << 20)  # the 2 MiB file counts as large
+    monkeypatch.delenv("LAB_VERIFY_FULL", raising=False)
+    path = _big_file(tmp_path)
+    _flip(path, _between_blocks(path.stat().st_size))  # a byte in the middle, not in a sampled block
+    count = _count_reads(monkeypatch)
+    cache.verify_file(path)  # not read: the load does not see it
+    assert 0 < count[0] <= cache.HEAD_BYTES + cache.BLOCKS * cache.BLOCK_BYTES
+    with pytest.raises(cache.CorruptFile, match="sha256 mismatch"):
+        cache.verify_file(path, full=True)  # the full check reads every byte and finds it
+    assert count[0] > path.stat().st_size
+    monkeypatch.setenv("LAB_VERIFY_FULL", "1")
+    with pytest.raises(cache.CorruptFile, match="sha256 mismatch"):
+        cache.verify_file(path)
+
+
+def test_small_files_are_still_hashed_in_full(tmp_path, monkeypatch):
+    monkeypatch.delenv("LAB_VERIFY_FULL", raising=False)
+    path = _big_file(tmp_path)  # 2 MiB < FULL_HASH_BELOW (64 MiB)
+    _flip(path, _between_blocks(path.stat().st_size))
+    with pytest.raises(cache.CorruptFile, match="sha256 mismatch"):
+        cache.verify_file(path)
+
+
+@pytest.mark.parametrize("damage", ["grown", "cut", "header", "last block"])
+def test_a_size_or_header_change_is_found_at_open(tmp_path, monkeypatch, damage):
+    monkeypatch.setattr(cache, "FULL_HASH_BELOW", 1 << 20)
+    monkeypatch.delenv("LAB_VERIFY_FULL", raising=False)
+    path = _big_file(tmp_path)
+    if damage == "grown":
+        with open(path, "ab") as f:
+            f.write(b"\0")
+    elif damage == "cut":
+        _truncate(path, 0.99)
+    elif damage == "header":
+        _flip(path, 10)
+    else:
+        _corrupt_tail(path, 1)
+    count = _count_reads(monkeypatch)
+    with pytest.raises(cache.CorruptFile, match="big.bin"):
+        cache.verify_file(path)
+    assert count[0] <= cache.HEAD_BYTES + cache.BLOCKS * cache.BLOCK_BYTES
+
+
+def test_records_without_a_fingerprint_still_load_by_their_sha256(tmp_path, monkeypatch):
+    monkeypatch.setattr(cache, "FULL_HASH_BELOW", 1 << 20)
+    path = _big_file(tmp_path)
+    rec = json.loads(cache.record_path(path).read_text())
+    assert len(rec.pop("fingerprint")) == 64
+    cache.record_path(path).write_text(json.dumps(rec))  # a record written before fingerprints
+    assert cache.verify_file(path)["sha256"] == rec["sha256"]
+    _flip(path, _between_blocks(path.stat().st_size))
+    with pytest.raises(cache.CorruptFile, match="sha256 mismatch"):
+        cache.verify_file(path)
+
+
+def test_the_verify_command_names_and_sets_aside_a_bad_shard(tmp_path, capsys):
+    ref, _, _ = _encode(tmp_path)
+    folder = next(tmp_path.iterdir())
+    _flip(folder / "shard_00001.safetensors", (folder / "shard_00001.safetensors").stat().st_size // 2)
+    assert verify_cmd.main([str(tmp_path), "--keep"]) == 1
+    assert (folder / "shard_00001.safetensors").exists()  # --keep only reports
+    assert verify_cmd.main([str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "BAD   " + str(folder / "shard_00001.safetensors") in out and "2 of 3 recorded files intact" in out
+    assert any(p.name.startswith("shard_00001.safetensors.bad-") for p in folder.iterdir())
+    z, _, count = _encode(tmp_path)
+    assert count == 16 and torch.equal(z, ref)  # only the set-aside shard is encoded again
+    assert verify_cmd.main([str(tmp_path)]) == 0
+    assert verify_cmd.main([str(tmp_path / "nowhere")]) == 2
+
+
+def test_cached_latents_verify_true_hashes_every_shard(tmp_path, monkeypatch):
+    ref, _, _ = _encode(tmp_path)
+    folder = next(tmp_path.iterdir())
+    monkeypatch.setattr(cache, "FULL_HASH_BELOW", 0)  # every shard counts as large
+    seen = []
+    real = cache.verify_file
+    monkeypatch.setattr(cache, "verify_file", lambda *a, **k: seen.append(k.get("full")) or real(*a, **k))
+    _encode(tmp_path)
+    _encode(tmp_path, verify=True)
+    assert seen == [None] * 3 + [True] * 3
+    assert folder.exists()

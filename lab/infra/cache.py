@@ -5,9 +5,15 @@ Everything the lab fetches or converts lives in `cache_dir()` ($LAB_CACHE or
 
   - every write is atomic (a unique temporary name, then os.replace), so a reader or a killed
     writer never leaves half a file under the real name;
-  - every file is written with a record of its size and sha256 and checked against it on every
-    load. A file that fails names itself (`CorruptFile`); callers that can rebuild it move it
-    aside (`move_aside`, kept as <name>.bad-<time> for inspection) and build it again.
+  - every file is written with a record of its size, sha256 and fingerprint and checked against it
+    on every load. A file that fails names itself (`CorruptFile`); callers that can rebuild it move
+    it aside (`move_aside`, kept as <name>.bad-<time> for inspection) and build it again.
+
+What a load reads: a file under FULL_HASH_BELOW bytes is hashed in full; a larger one is checked by
+size and `fingerprint` (its first 64 KiB plus 16 blocks of 4 KiB at fixed offsets), so opening a
+470 GiB latent cache reads about 130 KiB per shard, not 470 GiB. A full check of every byte is
+`verify_file(..., full=True)`, LAB_VERIFY_FULL=1, or `python -m lab.commands.verify FOLDER`.
+Records written before fingerprints existed (sha256 only) are checked by the full sha256.
 
 The generic pair `write_verified` / `verify_file` serves any cache (zoo checkpoints, latent
 shards); `converted` is the converted-weights store built on them.
@@ -55,6 +61,35 @@ def sha256(path):
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+FULL_HASH_BELOW = 64 << 20  # files smaller than this are hashed in full on every load
+HEAD_BYTES, BLOCKS, BLOCK_BYTES = 64 << 10, 16, 4 << 10  # what a fingerprint reads
+
+
+def fingerprint(path):
+    """sha256 of the size, the first HEAD_BYTES (a safetensors header and more) and BLOCKS blocks of
+    BLOCK_BYTES at offsets spread evenly up to the end. Catches a cut, a grown, a swapped or a
+    rewritten file and a damaged header; a single flipped byte between the blocks needs `sha256`."""
+    size = Path(path).stat().st_size
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        h.update(f.read(HEAD_BYTES))
+        if size > HEAD_BYTES:
+            span = size - HEAD_BYTES - BLOCK_BYTES
+            for i in range(BLOCKS):
+                f.seek(HEAD_BYTES + max(span, 0) * i // (BLOCKS - 1))
+                h.update(f.read(BLOCK_BYTES))
+    return h.hexdigest()
+
+
+def full_check_wanted(size, full=None):
+    """Whether a load hashes every byte: `full` if given, else LAB_VERIFY_FULL=1, else size < FULL_HASH_BELOW."""
+    if full is not None:
+        return bool(full)
+    if os.environ.get("LAB_VERIFY_FULL", "").strip() not in ("", "0"):
+        return True
+    return size < FULL_HASH_BELOW
 
 
 def verify_sha256(path, expected, what=None, fix=None):
@@ -126,7 +161,7 @@ def record_path(path):
 
 
 def write_verified(path, write, record=None, **meta):
-    """Write `path` atomically with write(tmp_path), then its record {file, size, sha256, **meta}
+    """Write `path` atomically with write(tmp_path), then its record {file, size, sha256, fingerprint, **meta}
     (atomically, at `record` or <file>.record.json); size and hash are taken from the temporary
     file before it is renamed. Returns the record. Two processes that may write the same file
     hold a `cache_lock` around this (file and record are two renames)."""
@@ -134,16 +169,18 @@ def write_verified(path, write, record=None, **meta):
 
     def write_and_hash(tmp):
         write(tmp)
-        taken.update(size=Path(tmp).stat().st_size, sha256=sha256(tmp))
+        taken.update(size=Path(tmp).stat().st_size, sha256=sha256(tmp), fingerprint=fingerprint(tmp))
     atomic_write(path, write_and_hash)
     info = dict(meta, file=path.name, **taken, created=time.strftime("%Y-%m-%d %H:%M:%S"))
     write_json(record or record_path(path), info)
     return info
 
 
-def verify_file(path, record=None, what=None, fix=None):
-    """Check `path` against its record (size first, then sha256) and return the record.
-    CorruptFile names the file (or its record) and the reason when anything is off."""
+def verify_file(path, record=None, what=None, fix=None, full=None):
+    """Check `path` against its record and return the record: the size, then the sha256 of every byte
+    when `full_check_wanted` (small files, full=True, LAB_VERIFY_FULL=1) or the record has no
+    fingerprint (an older record), else the fingerprint only. CorruptFile names the file (or its
+    record) and the reason when anything is off."""
     path, record = Path(path), Path(record or record_path(path))
     what = what or path.name
     if not record.exists():
@@ -157,7 +194,11 @@ def verify_file(path, record=None, what=None, fix=None):
     if "size" in info and size != info["size"]:
         raise CorruptFile(path, f"{what} is {size} bytes, {info['size']} were written (truncated or "
                                 f"overwritten)", fix)
-    verify_sha256(path, info["sha256"], what, fix)
+    if full_check_wanted(size, full) or not isinstance(info.get("fingerprint"), str):
+        verify_sha256(path, info["sha256"], what, fix)
+    elif fingerprint(path) != info["fingerprint"]:
+        raise CorruptFile(path, f"{what} differs from the file that was written (its header or sampled "
+                                f"blocks changed; size {size} bytes as recorded)", fix)
     return info
 
 
