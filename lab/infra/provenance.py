@@ -3,7 +3,10 @@ in which process.
 
 `code_state()` records the commit and, when the code differs from it, a sha256 over
 `git diff HEAD -- lab notebooks` (staged and unstaged edits of tracked files) plus the path and
-bytes of every untracked file there. Only lab/ and notebooks/ count as code: they are what a
+bytes of every untracked file there. A notebook counts by its code only (`_notebook_code`): the
+tagged parameters cell, outputs, execution counts and metadata are left out, so a parameter edited
+in JupyterLab (which autosaves the .ipynb) and an executed copy do not make a run dirty; the
+parameters a run used are in its params.json. Only lab/ and notebooks/ count as code: they are what a
 notebook computes with. Edits elsewhere (the reports/ that `make reproduce` rewrites, README prose,
 tests) change no result, so they neither mark a run dirty nor stop a rerun from reusing it. Equal hashes on one commit mean the same code; a run whose
 record has no commit, an unknown state or a diff hash cannot be tied to a commit on main, so
@@ -13,6 +16,7 @@ Process identity comes from /proc: (pid, start time in clock ticks), so a reused
 taken for the process that started a run.
 """
 import hashlib
+import json
 import os
 import platform
 import socket
@@ -39,21 +43,55 @@ def _git(root, *args):
     return out.stdout
 
 
+def _notebook_code(data):
+    """The bytes of a notebook that are code: each cell's type and source, the tagged `parameters`
+    cell marked but without its source. Not JSON (a stub, a broken save): the bytes themselves."""
+    try:
+        cells = json.loads(data)["cells"]
+        code = [["parameters", None] if "parameters" in c.get("metadata", {}).get("tags", ())
+                else [c["cell_type"], "".join(c["source"])] for c in cells]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return data
+    return json.dumps(code).encode()
+
+
+def _read(root, rel, commit=None):
+    """A file's bytes in the working tree, or at `commit`; None where it is absent."""
+    try:
+        if commit:
+            return _git(root, "show", f"{commit}:{os.fsdecode(rel)}")
+        return (Path(root) / os.fsdecode(rel)).read_bytes()
+    except OSError:
+        return None
+
+
 def diff_hash(root):
-    """sha256 of `git diff HEAD` plus untracked files, both under CODE_FOLDERS; None when clean."""
+    """sha256 of `git diff HEAD` plus untracked files, both under CODE_FOLDERS; None when clean.
+    An edited notebook counts by _notebook_code, so only edits to its code cells count."""
+    changed = [p for p in _git(root, "diff", "HEAD", "--name-only", "--no-renames", "-z", "--",
+                               *CODE_FOLDERS).split(b"\0") if p]
+    notebooks, edits = [], []
+    for rel in changed:
+        if rel.endswith(b".ipynb"):
+            old, new = _read(root, rel, "HEAD"), _read(root, rel)
+            if old is None or new is None or _notebook_code(old) != _notebook_code(new):
+                notebooks.append((rel, new))
+        else:
+            edits.append(os.fsdecode(rel))
     diff = _git(root, "diff", "HEAD", "--binary", "--no-ext-diff", "--no-textconv", "--no-color", "--",
-                *CODE_FOLDERS)
+                *edits) if edits else b""
     untracked = [p for p in _git(root, "ls-files", "--others", "--exclude-standard", "-z", "--",
                                  *CODE_FOLDERS).split(b"\0") if p]
-    if not diff and not untracked:
+    if not diff and not notebooks and not untracked:
         return None
     h = hashlib.sha256(diff)
+    for rel, new in sorted(notebooks, key=lambda x: x[0]):
+        h.update(b"\0notebook\0" + rel + b"\0" + (b"deleted" if new is None else _notebook_code(new)))
     for rel in sorted(untracked):
         h.update(b"\0untracked\0" + rel + b"\0")
-        try:
-            h.update((Path(root) / os.fsdecode(rel)).read_bytes())
-        except OSError:  # removed or unreadable meanwhile: its name still counts
-            pass
+        data = _read(root, rel)  # removed or unreadable meanwhile: its name still counts
+        if data is not None:
+            h.update(_notebook_code(data) if rel.endswith(b".ipynb") else data)
     return h.hexdigest()
 
 
