@@ -34,17 +34,18 @@ parameters with their defaults and rules. A second `start` in one kernel ignores
 
 A run folder holds params.json, status.json (running / done / failed, pid, host, git commit,
 dirty flag and sha256 of the uncommitted edit, device, timings, error), metrics.json + .csv,
-tables/*.csv, figures/*.png, the executed notebook and what the notebook puts under
-`run.path(name)`. Files are written atomically; folders (`<UTC time>-<params hash>`) are created
-exclusively, so two executions never share one. The root is `runs/` or $LAB_RUNS_DIR.
-Only the kernel lab.commands.nbtools hands a folder to (see `handoff`) takes an existing folder
-over; any other execution (a saved notebook re-run with plain papermill, `-p _lab_run_dir`)
-gets a new folder, and a `done` run is never written again.
+tables/*.csv, figures/*.png, the executed notebook, what the notebook puts under `run.path(name)`
+and, from `done()` on, manifest.json (size and sha256 of each file: see lab.run_files). Files are
+written atomically; folders (`<UTC time>-<params hash>`) are created exclusively, so two
+executions never share one. The root is `runs/` or $LAB_RUNS_DIR. Only the kernel
+lab.commands.nbtools hands a folder to (see `handoff`) takes an existing folder over; any other
+execution (a saved notebook re-run with plain papermill, `-p _lab_run_dir`) gets a new folder,
+and a `done` run is never written again.
 
 A run ends `failed` when a cell raises (IPython hook; a later `run.done()` still wins), when the
 kernel exits before `done()`, or when lab.commands.nbtools sees the execution fail; a `running`
 run whose process is gone reads as `stale`. Reports take `done` runs only. `find_done` returns
-the latest finished run with identical parameters (nbtools `reuse=True` and batch skip on it).
+the newest intact finished run of identical parameters (nbtools `reuse=True` and batch skip on it).
 """
 import atexit
 import contextlib
@@ -58,6 +59,7 @@ import traceback
 import types
 from pathlib import Path
 
+from lab import run_files
 from lab.infra import params as _params
 from lab.infra import provenance
 from lab.infra.jsonio import (canonical, jsonable, read_json, read_rows, write_atomic,  # noqa: F401
@@ -66,7 +68,7 @@ from lab.infra.params import read_parameters, resolve  # noqa: F401  (runs.read_
 from lab.infra.provenance import repo_root
 
 IPYTHON_NAMES = {"In", "Out", "exit", "quit", "get_ipython", "open"}
-STATES = ("running", "done", "failed", "stale")
+STATES = run_files.STATES
 RUN_DIR_ENV = "LAB_RUN_DIR"      # set by lab.commands.nbtools for the kernel it starts
 NOTEBOOK_ENV = "LAB_NOTEBOOK"    # the notebook file whose parameters cell that kernel checks
 HANDOFF = ".handoff"             # present while a created folder waits for its kernel
@@ -238,13 +240,15 @@ class Run:
             self._write_status(timings=timings)
 
     def done(self):
-        """Mark the run finished; the last cell of every notebook calls this (again: no-op)."""
+        """Mark the run finished (after listing its files in manifest.json); the last cell of
+        every notebook calls this (again: no-op)."""
         _open_runs.discard(self)
         if _as_dict(read_json(self.dir / "status.json", {})).get("status") == "done":
             return self.reload()
+        manifest = run_files.write_manifest(self.dir)
         t, iso = _now()
         self._write_status(status="done", finished=iso, finished_unix=t, error=None,
-                           seconds=round(t - self.meta.get("started_unix", t), 3))
+                           seconds=round(t - self.meta.get("started_unix", t), 3), manifest_sha256=manifest)
         print(f"run done: {self.dir} ({self.meta['seconds']:.1f} s)")
         return self
 
@@ -273,11 +277,9 @@ def create(experiment, params, *, runs_dir=None, notebook=None):
     stem = time.strftime("%Y%m%d-%H%M%S", time.gmtime(t)) + "-" + params_hash(params)
     for k in range(1, 10_000):
         run_dir = parent / (stem if k == 1 else f"{stem}-{k}")
-        try:
-            run_dir.mkdir()  # atomic and exclusive: a concurrent start takes the next suffix
+        with contextlib.suppress(FileExistsError):  # a concurrent start takes the next suffix
+            run_dir.mkdir()  # atomic and exclusive
             break
-        except FileExistsError:
-            continue
     write_json(run_dir / "params.json", params)
     run = Run(run_dir)
     run._write_status(status="running", experiment=experiment, run_id=run.id,
@@ -389,10 +391,8 @@ def _post_run_cell(result):
     err = getattr(result, "error_in_exec", None) or getattr(result, "error_before_exec", None)
     if run is None or err is None or run.status != "running":
         return
-    try:
+    with contextlib.suppress(OSError):  # the run folder is gone: nothing left to mark
         run.fail(err)
-    except OSError:
-        pass  # the run folder is gone: nothing left to mark
 
 
 def _install_ipython_hook():
@@ -411,12 +411,10 @@ def _install_ipython_hook():
 def _mark_unfinished():
     """A process that exits with a run still `running` (no done()) leaves it failed."""
     for run in list(_open_runs):
-        try:
+        with contextlib.suppress(OSError):  # the run folder is gone (or the disk is full)
             run.reload()
             if run.status == "running" and run.meta.get("pid") == os.getpid():
                 run.fail("the process exited before run.done() was called")
-        except OSError:
-            pass
 
 
 # ----------------------------------------------------------------------------------------------
@@ -436,15 +434,16 @@ def list_runs(runs_dir=None, experiment=None):
         for d in sorted(parent.glob("*")):
             if d.is_dir() and not d.name.startswith("."):
                 out.append(Run(d))
-    return sorted(out, key=lambda r: (r.experiment, r.meta.get("started_unix", 0), r.id))
+    return sorted(out, key=lambda r: (r.experiment, r.meta.get("started_unix") or 0, r.id))
 
 
 def find_done(experiment, params, runs_dir=None, code=False):
-    """The latest `done` run of `experiment` whose parameters equal `params`, or None.
-
+    """The newest (finish time, then id: report.latest_done's order) intact `done` run of
+    `experiment` whose parameters equal `params`, or None; lab.run_files.problem says intact.
     code=True: only a run of the same code, a clean commit whose lab/ and notebooks/ equal the
     current clean tree's (provenance.same_code); a dirty tree reuses nothing."""
     key = canonical(params)
     hits = [r for r in list_runs(runs_dir, experiment)
-            if r.status == "done" and canonical(r.params) == key and (not code or provenance.same_code(r.meta))]
-    return max(hits, key=lambda r: (r.meta.get("finished_unix", 0), r.id)) if hits else None
+            if r.status == "done" and canonical(r.params) == key and run_files.problem(r.dir) is None
+            and (not code or provenance.same_code(r.meta))]
+    return max(hits, key=lambda r: (r.meta.get("finished_unix") or 0, r.id)) if hits else None

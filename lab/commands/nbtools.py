@@ -9,22 +9,30 @@
 `execute` checks the parameters against the notebook's parameters cell before a kernel starts
 (ValueError naming the bad one), creates the run folder, and starts the kernel with $LAB_RUN_DIR
 and $LAB_NOTEBOOK in its environment (set for that kernel only, see `runs.handoff`), where
-`runs.start` takes the folder over; the notebook receives only its own parameters, so papermill
-has nothing to warn about. The executed notebook is saved inside the run folder. When the
+`runs.start` takes the folder over; the notebook receives only its own parameters (papermill's
+guess at them is wrong, see `_OwnParameters`). The executed notebook is saved inside the run folder. When the
 execution raises, the kernel dies or times out, or the notebook ends without `run.done()`, the run
-is marked `failed` with the error. With reuse=True a finished run of the same parameters and the same
-committed code (runs.find_done(code=True)) is returned and nothing executes. The kernel runs with the notebook's folder as working directory and the
-repository on PYTHONPATH, so `import lab` works whether or not the package is installed.
+is marked `failed` with the error. With reuse=True a finished, intact run of the same parameters and the
+same committed code (runs.find_done(code=True)) is returned and nothing executes; a second identical
+request started meanwhile waits for the first (a lock per experiment and parameter hash) and then
+reuses its run. A runs folder that cannot be written (read-only, disk full) is an OSError naming it;
+the command prints it as its one-line JSON result. The kernel runs with the notebook's folder as
+working directory and the repository on PYTHONPATH, so `import lab` works whether or not the
+package is installed.
 """
 import argparse
+import contextlib
 import json
+import logging
 import os
+import re
 import shutil
 import sys
 import time
 from pathlib import Path
 
 from lab import runs
+from lab.infra import safe_files
 from lab.infra.jsonio import jsonable
 from lab.infra.params import parse_value, read_parameters, resolve
 
@@ -93,6 +101,57 @@ def _result(run, seconds, reused=False, notebook=None):
             "reused": reused, "notebook": str(notebook) if notebook else None}
 
 
+class _OwnParameters(logging.Filter):
+    """Within the `with` block, drop papermill's warnings about the notebook's own parameters.
+
+    papermill guesses a notebook's parameters with a regex that gives up on every line holding a
+    second '=' (`seeds = 3  # >= 1`: "Unable to parse line"), then calls the values it injects
+    "unknown" ("Passed unknown parameter: seeds"), on every run. lab.infra.params has read the
+    real cell; a name the notebook does not declare is still warned about.
+    """
+
+    LOGGERS = ("papermill", "papermill.translators")  # execute.py and the regex's own logger
+
+    def __init__(self, notebook):
+        super().__init__()
+        try:
+            self.names = set(read_parameters(notebook))
+        except ValueError:  # a broken cell (check=False): the kernel says what is wrong
+            self.names = set()
+
+    def filter(self, record):
+        msg = record.getMessage()
+        if msg.startswith("Passed unknown parameter: "):
+            return msg.split(": ", 1)[1] not in self.names
+        line = re.match(r"Unable to parse line \d+ '(\w+)\s*[:=]", msg)
+        return not (line and line.group(1) in self.names)
+
+    def __enter__(self):
+        for name in self.LOGGERS:
+            logging.getLogger(name).addFilter(self)
+        return self
+
+    def __exit__(self, *exc):
+        for name in self.LOGGERS:
+            logging.getLogger(name).removeFilter(self)
+
+
+def _reuse_lock(experiment, params, runs_dir):
+    """The lock two identical --reuse requests share (per experiment and parameter hash, the way
+    lab.zoo locks a recipe): the second waits for the first, then finds its run done."""
+    path = runs.runs_root(runs_dir) / experiment / ".locks" / f"{runs.params_hash(params)}.lock"
+    return safe_files.file_lock(path, what=f"{experiment} with these parameters",
+                                log=lambda m: print(m, file=sys.stderr))  # stdout is the JSON result
+
+
+def _unwritable(err, runs_dir):
+    """The OSError of a runs folder that cannot be written, saying which and what to do."""
+    where = f" ({err.filename})" if err.filename else ""
+    return OSError(err.errno, f"cannot write a run folder under {runs.runs_root(runs_dir)}: "
+                   f"{err.strerror or err}{where}; free disk space or make it writable, or give "
+                   "another folder with --runs-dir (or $LAB_RUNS_DIR)")
+
+
 def execute(notebook_path, params=None, runs_dir=None, out_path=None, kernel="python3", *,
             reuse=False, timeout=None, check=True, log_output=False):
     """Run a notebook with `params` overriding its parameters cell; return a result dict.
@@ -102,9 +161,6 @@ def execute(notebook_path, params=None, runs_dir=None, out_path=None, kernel="py
     of the executed notebook; timeout: seconds per cell; check=False leaves the parameter check
     to the kernel alone (tests use it).
     """
-    import papermill as pm
-    from papermill.exceptions import PapermillExecutionError
-
     notebook = Path(notebook_path).resolve()
     params = dict(params or {})
     experiment = notebook.stem
@@ -113,12 +169,28 @@ def execute(notebook_path, params=None, runs_dir=None, out_path=None, kernel="py
         params = {k: full[k] for k in params}  # normalised (ints widened to float, ...)
     else:
         full = params
-    if reuse:
+    if not reuse:
+        return _run(notebook, params, full, runs_dir, out_path, kernel, timeout, log_output)
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(_reuse_lock(experiment, full, runs_dir))
+        except OSError as err:
+            raise _unwritable(err, runs_dir) from err
         prev = runs.find_done(experiment, full, runs_dir, code=True)
         if prev is not None:
             return _result(prev, 0.0, reused=True, notebook=prev.dir / notebook.name)
+        return _run(notebook, params, full, runs_dir, out_path, kernel, timeout, log_output)
 
-    run = runs.create(experiment, full, runs_dir=runs_dir, notebook=notebook)
+
+def _run(notebook, params, full, runs_dir, out_path, kernel, timeout, log_output):
+    """Create the run folder and execute the notebook into it (no reuse)."""
+    import papermill as pm
+    from papermill.exceptions import PapermillExecutionError
+
+    try:
+        run = runs.create(notebook.stem, full, runs_dir=runs_dir, notebook=notebook)
+    except OSError as err:
+        raise _unwritable(err, runs_dir) from err
     executed = run.dir / notebook.name
     manager = _kernel_manager(runs.handoff(run, notebook))
     _ensure_importable()
@@ -132,10 +204,11 @@ def execute(notebook_path, params=None, runs_dir=None, out_path=None, kernel="py
     quiet = ["--IPKernelApp.log_level=ERROR"] if kernel == "python3" else []
     try:
         # tuples would reach the kernel as text: send lists (a tuple parameter accepts a list)
-        pm.execute_notebook(str(notebook), str(executed), parameters=jsonable(params),
-                            kernel_name=name, progress_bar=False, log_output=log_output,
-                            cwd=str(notebook.parent), execution_timeout=timeout,
-                            extra_arguments=quiet, kernel_manager_class=manager)
+        with _OwnParameters(notebook):
+            pm.execute_notebook(str(notebook), str(executed), parameters=jsonable(params),
+                                kernel_name=name, progress_bar=False, log_output=log_output,
+                                cwd=str(notebook.parent), execution_timeout=timeout,
+                                extra_arguments=quiet, kernel_manager_class=manager)
     except PapermillExecutionError as e:
         error = f"{e.ename}: {e.evalue} (cell {e.exec_count})"
     except KeyboardInterrupt:
@@ -172,15 +245,15 @@ def main(argv=None):
     ap.add_argument("--reuse", action="store_true", help="return a finished run of the same parameters and code")
     ap.add_argument("--timeout", type=float, default=None, help="seconds per cell")
     args = ap.parse_args(argv)
-    declared = read_parameters(args.notebook)
-    params = json.loads(args.params_json) if args.params_json else {}
-    for name, raw in args.param:
-        default = declared[name].default if name in declared else None
-        params[name] = parse_value(raw, default)
     try:
+        declared = read_parameters(args.notebook)
+        params = json.loads(args.params_json) if args.params_json else {}
+        for name, raw in args.param:
+            default = declared[name].default if name in declared else None
+            params[name] = parse_value(raw, default)
         res = execute(args.notebook, params, runs_dir=args.runs_dir, kernel=args.kernel,
                       reuse=args.reuse, timeout=args.timeout)
-    except ValueError as e:
+    except (ValueError, OSError) as e:  # bad input, a runs folder that cannot be written
         res = {"status": "failed", "dir": None, "error": str(e), "seconds": 0.0, "reused": False}
     print(json.dumps(res))
     return 0 if res["status"] == "done" else 1

@@ -1,26 +1,21 @@
 """Read every run folder under runs/ and sort it into readable runs and unreadable ones, with the
 reason, so that one bad run can never break the report or be cited as evidence.
 
-A run folder is evidence: the report may cite it only when every file it reads parses as what the
-lab writes. A folder is unreadable when
-  - status.json, params.json or metrics.json is not UTF-8, not JSON (cut short by a kill or a
-    full disk) or not a JSON object (a list, null);
-  - params.json is missing (a claim would cite "parameters (none)" for a run that had some);
-  - a status field has the wrong type (a text `finished_unix` would break the sorting);
-  - metrics.csv is not UTF-8, or a finished run's tables/*.csv does not parse or has no columns
-    (what `run.log_table(name, pd.DataFrame())` writes).
-Unreadable runs are left out of everything else: a truncated metrics.json in a newer run then no
+What makes a folder unreadable is lab.run_files.problem (the same check `runs.find_done` makes
+before reusing a run): a status, params or metrics file that does not parse as what the lab writes
+(cut short by a kill or a full disk, not UTF-8, a list or null), params.json missing, a status
+field of the wrong type, a finished run's table that does not parse or has no columns, and a
+`done` run whose manifest.json is missing (status.json set to done by hand, or a run finished by
+code older than the manifest: re-run it) or does not match its files (one changed, deleted or
+added since the run finished).
+Unreadable runs are left out of everything else: a hand-edited or truncated newer run then no
 longer hides an older good run with the same parameters. A folder with params.json but no
 status.json is readable (its state is `stale`: created, never recorded).
 """
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab import runs
-
-_TEXT_FIELDS = ("status", "host", "started", "finished", "error", "commit", "device", "updated")
-_NUMBER_FIELDS = ("started_unix", "finished_unix", "seconds")
+from lab import run_files, runs
 
 
 @dataclass(frozen=True)
@@ -30,73 +25,6 @@ class Unreadable:
     id: str
     dir: Path
     reason: str
-
-
-def _json_object(path, required):
-    """(object, None) or (None, reason); ({}, None) for a missing optional file."""
-    if not path.is_file():
-        return (None, f"{path.name} is missing") if required else ({}, None)
-    raw = path.read_bytes()
-    try:
-        obj = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as err:
-        return None, f"{path.name} is not UTF-8 text ({err.reason} at byte {err.start})"
-    except json.JSONDecodeError as err:
-        return None, f"{path.name} is not valid JSON, probably cut short ({err.msg}, {len(raw)} bytes)"
-    if not isinstance(obj, dict):
-        return None, f"{path.name} holds {type(obj).__name__}, not a JSON object"
-    return obj, None
-
-
-def _status_problem(meta):
-    for key in _TEXT_FIELDS:
-        if meta.get(key) is not None and not isinstance(meta[key], str):
-            return f"status.json field {key!r} is {type(meta[key]).__name__}, not text"
-    for key in _NUMBER_FIELDS:
-        v = meta.get(key)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
-            return f"status.json field {key!r} is {v!r}, not a number"
-    if meta.get("status") is not None and meta["status"] not in runs.STATES:
-        return f"status.json status {meta['status']!r} is not one of {', '.join(runs.STATES)}"
-    return None
-
-
-def _table_problem(path):
-    import pandas as pd
-    try:
-        df = pd.read_csv(path)
-    except UnicodeDecodeError:
-        return f"tables/{path.name} is not UTF-8 text"
-    except (pd.errors.EmptyDataError, pd.errors.ParserError) as err:
-        return f"tables/{path.name} does not parse as a table ({type(err).__name__}: {err})"
-    if len(df.columns) == 0:
-        return f"tables/{path.name} has no columns"
-    return None
-
-
-def problem(folder):
-    """None when the report can read this run folder, else the reason it cannot."""
-    folder = Path(folder)
-    meta, why = _json_object(folder / "status.json", required=False)
-    why = why or _status_problem(meta)
-    if why:
-        return why
-    for name, required in (("params.json", True), ("metrics.json", False)):
-        why = _json_object(folder / name, required)[1]
-        if why:
-            return why
-    csv = folder / "metrics.csv"
-    if csv.is_file():
-        try:
-            csv.read_bytes().decode("utf-8")
-        except UnicodeDecodeError:
-            return "metrics.csv is not UTF-8 text"
-    if meta.get("status") == "done":
-        for table in sorted((folder / "tables").glob("*.csv")):
-            why = _table_problem(table)
-            if why:
-                return why
-    return None
 
 
 def folders(runs_dir=None):
@@ -112,7 +40,7 @@ def read(runs_dir=None):
     good, bad = [], []
     for d in folders(runs_dir):
         try:
-            why = problem(d)
+            why = run_files.problem(d)
         except OSError as err:  # a file that cannot even be opened
             why = f"{type(err).__name__}: {err}"
         if why:
