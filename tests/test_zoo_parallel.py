@@ -1,4 +1,11 @@
 """zoo.parallel: recipes trained in worker processes are the recipes a plain call trains."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -78,3 +85,68 @@ def test_default_workers(monkeypatch):
     assert workers.default_workers(15) == 2 and workers.default_workers(1) == 1
     monkeypatch.setattr(trainutil, "pick_device", lambda d=None: torch.device("cuda"))
     assert workers.default_workers(15) == 1
+
+
+SLOW_PARENT = '''
+import os, sys, time
+from pathlib import Path
+from lab.workers import train_in_workers
+
+def slow(out):
+    Path(out, str(os.getpid())).write_text("")
+    time.sleep(600)  # a model that trains for ten minutes
+
+if __name__ == "__main__":
+    out = sys.argv[1]
+    train_in_workers([(slow, dict(out=out)), (slow, dict(out=out))], 2, Path(out) / "logs")
+'''
+
+
+def _children(pid):
+    """Pids whose parent is `pid` (from /proc: the workers and the multiprocessing resource tracker)."""
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def _alive(pid):
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has exited: only its exit status waits for its reaper
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
+def test_workers_die_with_their_parent(tmp_path):
+    """Issue 21 item 5: after kill -9 of the notebook, its workers (and the resource tracker) used
+    to train on and then block forever on a pipe. Now none of them outlives the parent by 30 s."""
+    script = tmp_path / "parent.py"
+    script.write_text(SLOW_PARENT)
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root), LAB_CPUS="2")
+    parent = subprocess.Popen([sys.executable, str(script), str(tmp_path)], cwd=root, env=env)
+    try:
+        deadline = time.time() + 180  # two spawned workers import torch on a busy machine
+        while len([p for p in tmp_path.iterdir() if p.name.isdigit()]) < 2:
+            assert parent.poll() is None and time.time() < deadline, "the workers did not start"
+            time.sleep(0.5)
+        workers_ = [int(p.name) for p in tmp_path.iterdir() if p.name.isdigit()]
+        kids = set(_children(parent.pid)) | set(workers_)
+        assert set(workers_) <= kids
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.time() + 30
+    while any(_alive(p) for p in kids) and time.time() < deadline:
+        time.sleep(0.5)
+    left = [p for p in kids if _alive(p)]
+    for p in left:  # leave no stray process behind a failing test
+        os.kill(p, signal.SIGKILL)
+    assert not left, f"processes outlived their killed parent by 30 s: {left}"
