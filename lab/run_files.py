@@ -50,17 +50,24 @@ def sha256(path):
     return _hashes[key]
 
 
+def _walk(folder):
+    """(relative path, is a symbolic link, is a regular file) of every entry below `folder` but
+    hidden ones; links are reported, never followed."""
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in sorted(dirnames + filenames):
+            p = Path(dirpath) / name
+            if not name.startswith("."):
+                yield p.relative_to(folder).as_posix(), p.is_symlink(), p.is_file()
+
+
 def files(folder):
     """The run's own files, as sorted relative paths: what the manifest lists."""
-    folder = Path(folder)
     out = []
-    for p in folder.rglob("*"):
-        rel = p.relative_to(folder)
-        if any(part.startswith(".") for part in rel.parts) or not p.is_file():
-            continue
-        if len(rel.parts) == 1 and (rel.name in _UNLISTED or rel.suffix == ".ipynb"):
-            continue
-        out.append(rel.as_posix())
+    for rel, link, regular in _walk(folder):
+        top = "/" not in rel
+        if regular and not link and not (top and (rel in _UNLISTED or rel.endswith(".ipynb"))):
+            out.append(rel)
     return sorted(out)
 
 
@@ -133,6 +140,9 @@ def manifest_problem(folder, meta):
     listing = manifest.get("files")
     if not isinstance(listing, dict):
         return f"{MANIFEST} has no file list"
+    links = [rel for rel, link, _ in _walk(folder) if link]
+    if links:  # never followed: a link may point at anyone's file (lab.commands.report_files)
+        return f"{links[0]} is a symbolic link; a run writes regular files only"
     for rel, rec in sorted(listing.items()):
         path = folder / rel
         if not path.is_file():

@@ -81,7 +81,15 @@ def _hand_edited(r):
     r._write_status(status="done", finished_unix=time.time() + 100)
 
 
+def _linked(r):
+    outside = r.dir.parent.parent / "outside.csv"
+    outside.write_text("a\n1\n2\n")  # the same bytes: only the link gives it away
+    (r.dir / "tables/curve.csv").unlink()
+    (r.dir / "tables/curve.csv").symlink_to(outside)
+
+
 TAMPER = {  # damage done to the newer finished run -> words its reason must contain
+    "table_linked": (_linked, "tables/curve.csv is a symbolic link"),
     "hand_edited_done": (_hand_edited, "manifest.json is missing"),
     "table_changed": (lambda r: write(r.dir / "tables/curve.csv", "a\n9\n"), "tables/curve.csv changed"),
     "metrics_deleted": (lambda r: (r.dir / "metrics.json").unlink(), "metrics.json is missing"),
