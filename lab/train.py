@@ -221,6 +221,12 @@ def train_generator(latents, labels=None, *, model=None, size="tiny", model_kw=N
     training continues up to `steps` in total. batch_size is the global batch (split over ranks
     under torchrun). losses: the (rank-averaged) loss of every step since step 0.
 
+    Curves (with out_dir, rank 0): TensorBoard event files in out_dir/tb (lab.infra.curves) with
+    each step's loss and gradient norm at step number i + 1 for losses[i], written at the host
+    syncs the loop already makes (every log_every steps and before a checkpoint), the lr and mean
+    step time at those syncs, and, at each checkpoint, sample_stats of a few EMA samples (token
+    norms: the trainer has no decoder to draw images with).
+
     Scale: each rank's batch runs as `accum_steps` micro-batches whose gradients add up to the
     whole batch's (same global batch, same result); with accum_steps=None and memory_budget_gb
     set, the fewest micro-batches that fit the budget per GPU (auto_accum_steps). checkpoint=True
