@@ -12,6 +12,10 @@ The decode is compared with the image's own reconstruction in LPIPS and DINO dis
 notebook 01 does). The geometry panel is notebook 02 for the chosen autoencoder: the token-norm
 histogram against the Gaussian shell √C, and the radial share of the flow target along t.
 """
+import contextlib
+import sys
+import time
+
 import matplotlib.pyplot as plt
 import torch
 
@@ -33,7 +37,30 @@ def load_autoencoder(kind, data="fashion", n_train=2048, size=64, steps=None, se
     hae: the four-stage HAE (conv stem student).
     """
     check_choice("autoencoder", kind, AUTOENCODERS)
-    steps = DEFAULT_STEPS[kind] if steps is None else steps
+    with _text_bars():
+        return _load(kind, data, n_train, size, DEFAULT_STEPS[kind] if steps is None else steps, seed)
+
+
+@contextlib.contextmanager
+def _text_bars():
+    """tqdm's text bar instead of its widget bar in every lab module, for the block: a finished widget
+    bar leaves a view whose model a reloaded JupyterLab page no longer has ('model not found'),
+    and a bar drawn from a widget callback goes to the Log Console; text stays where it is printed."""
+    import tqdm.asyncio
+    import tqdm.auto
+    widget, text = tqdm.auto.tqdm, tqdm.asyncio.tqdm
+    bound = [m for name, m in list(sys.modules.items())
+             if name.startswith("lab") and m is not None and getattr(m, "tqdm", None) is widget and widget is not text]
+    for m in bound:
+        m.tqdm = text
+    try:
+        yield
+    finally:
+        for m in bound:
+            m.tqdm = widget
+
+
+def _load(kind, data, n_train, size, steps, seed):
     if kind == "rae":
         return zoo.rae(data=data, n=n_train, size=size, steps=steps, encoder_norm="model", seed=seed)
     if kind == "gae":
@@ -189,11 +216,20 @@ def app(images, labels, kind="rae", load_kw=None, distances=None, explorer=None,
 
     cache = {kind: explorer} if explorer is not None else {}
     state = {}
+    status, why, out_load = w.Label(), w.Label(), w.Output()
 
     def get(k):
         if k not in cache:
-            cache[k] = Explorer(load_autoencoder(k, seed=seed, **(load_kw or {})), images, labels,
-                                distances=distances, name=k, seed=seed)
+            # the zoo may train it first: say so, and keep its text bars inside the explorer
+            status.value = f"training / loading {k} from the zoo (minutes on a CPU the first time) …"
+            t0 = time.perf_counter()
+            with out_load:
+                ae = load_autoencoder(k, seed=seed, **(load_kw or {}))
+            out_load.clear_output()
+            cache[k] = Explorer(ae, images, labels, distances=distances, name=k, seed=seed)
+            status.value = f"{k} ready ({time.perf_counter() - t0:.0f} s)"
+        elif not status.value.startswith(k):
+            status.value = f"{k} ready"
         return cache[k]
 
     ctl = dict(
@@ -213,9 +249,19 @@ def app(images, labels, kind="rae", load_kw=None, distances=None, explorer=None,
             display(fig)
         plt.close(fig)
 
+    def enable(ex):
+        """Disable what cannot act on this image, and say why next to it."""
+        i, swap_ = ctl["index"].value, ctl["swap"].value
+        lone = ex.partner_index(i) is None
+        ctl["swap"].disabled = lone
+        ctl["partner"].disabled = lone or swap_ == "none"
+        why.value = (f"image {i} has no same-class partner among the {len(images)} images: swap and partner off"
+                     if lone else "partner: pick a swap to use it" if swap_ == "none" else "")
+
     def redraw_view(_=None):
         ex = get(ctl["kind"].value)
         state["explorer"] = ex
+        enable(ex)
         state["view"] = ex.view(**{k: c.value for k, c in ctl.items() if k != "kind"})
         show(out_view, view_figure(state["view"], ex.name))
 
@@ -226,7 +272,8 @@ def app(images, labels, kind="rae", load_kw=None, distances=None, explorer=None,
     for k, c in ctl.items():
         c.observe(redraw_all if k == "kind" else redraw_view, names="value")
     redraw_all()
-    box = w.VBox([w.HBox([ctl["kind"], ctl["index"]]), w.HBox([ctl["norm_scale"], ctl["norm_mode"]]),
-                  w.HBox([ctl["angle"]]), w.HBox([ctl["swap"], ctl["partner"]]), out_view, out_geom])
-    state["controls"] = ctl
+    box = w.VBox([w.HBox([ctl["kind"], status]), out_load, w.HBox([ctl["index"]]),
+                  w.HBox([ctl["norm_scale"], ctl["norm_mode"]]), w.HBox([ctl["angle"]]),
+                  w.HBox([ctl["swap"], ctl["partner"]]), why, out_view, out_geom])
+    state.update(controls=ctl, status=status, why=why)
     return box, state

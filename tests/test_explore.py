@@ -142,3 +142,54 @@ def test_app_redraws_on_every_control(monkeypatch, data):
     ctl["kind"].value = "vae"
     assert loaded == ["gae", "vae"] and state["explorer"].name == "vae"
     plt.close("all")
+
+
+def test_controls_that_cannot_act_are_disabled_with_the_reason(monkeypatch, data):
+    pytest.importorskip("ipywidgets")
+    x, y = data
+    y = torch.tensor([0, 1, 0, 1, 0, 2, 3, 1])  # image 5 and 6 are alone in their class
+    monkeypatch.setattr(explore, "load_autoencoder", lambda kind, **kw: PatchAE())
+    _, state = explore.app(x, y, kind="gae", distances={"L2": l2}, swap="none")
+    ctl, why = state["controls"], state["why"]
+    assert not ctl["swap"].disabled and ctl["partner"].disabled  # swap none: the partner does nothing
+    assert "swap" in why.value and "partner" in why.value
+    ctl["swap"].value = "radius"
+    assert not ctl["swap"].disabled and not ctl["partner"].disabled and why.value == ""
+    ctl["index"].value = 5
+    assert ctl["swap"].disabled and ctl["partner"].disabled
+    assert "no same-class partner" in why.value and "image 5" in why.value
+    ctl["index"].value = 4
+    assert not ctl["swap"].disabled and not ctl["partner"].disabled and why.value == ""
+    plt.close("all")
+
+
+def test_switching_the_autoencoder_says_it_is_loading_and_when_it_is_ready(monkeypatch, data):
+    pytest.importorskip("ipywidgets")
+    seen = []
+
+    def load(kind, **kw):
+        seen.append(state_ref[0]["status"].value if state_ref else None)
+        return PatchAE()
+    state_ref = []
+    monkeypatch.setattr(explore, "load_autoencoder", load)
+    _, state = explore.app(*data, kind="gae", distances={"L2": l2})
+    state_ref.append(state)
+    assert "gae" in state["status"].value and "ready" in state["status"].value
+    state["controls"]["kind"].value = "vae"
+    assert "training" in seen[-1] and "vae" in seen[-1]  # shown while the zoo loads or trains it
+    assert "vae" in state["status"].value and "ready" in state["status"].value
+    plt.close("all")
+
+
+def test_loading_uses_text_bars_so_no_widget_model_is_left_behind(monkeypatch):
+    import sys
+    import tqdm.asyncio
+    import tqdm.auto
+    import tqdm.notebook
+    import lab.probes
+    monkeypatch.setattr(tqdm.auto, "tqdm", tqdm.notebook.tqdm)  # as in a JupyterLab kernel
+    monkeypatch.setattr(lab.probes, "tqdm", tqdm.notebook.tqdm)
+    inside = []
+    monkeypatch.setattr(explore.zoo, "rae", lambda **kw: inside.append(sys.modules["lab.probes"].tqdm) or PatchAE())
+    explore.load_autoencoder("rae", steps=1)
+    assert inside == [tqdm.asyncio.tqdm] and lab.probes.tqdm is tqdm.notebook.tqdm  # restored after
