@@ -211,8 +211,8 @@ def test_two_identical_reuse_requests_started_together_compute_once(tmp_path, mo
     assert {r["dir"] for r in results} == {results[0]["dir"]} and {r["status"] for r in results} == {"done"}
 
 
-@pytest.mark.parametrize("code", [errno.EROFS, errno.ENOSPC])
-def test_an_unwritable_runs_folder_gives_the_one_line_result(tmp_path, monkeypatch, capsys, code):
+@pytest.mark.parametrize("code, reuse", [(errno.EROFS, []), (errno.ENOSPC, []), (errno.EROFS, ["--reuse"])])
+def test_an_unwritable_runs_folder_gives_the_one_line_result(tmp_path, monkeypatch, capsys, code, reuse):
     stand_in_kernel(monkeypatch)
     nb, root = make_notebook(tmp_path), tmp_path / "runs"
     real_mkdir = Path.mkdir
@@ -222,7 +222,7 @@ def test_an_unwritable_runs_folder_gives_the_one_line_result(tmp_path, monkeypat
             raise OSError(code, "simulated", str(self))
         return real_mkdir(self, *a, **kw)
     monkeypatch.setattr(Path, "mkdir", mkdir)
-    rc = nbtools.main([str(nb), "-p", "steps", "4", "--runs-dir", str(root)])
+    rc = nbtools.main([str(nb), "-p", "steps", "4", "--runs-dir", str(root)] + reuse)
     lines = capsys.readouterr().out.strip().splitlines()
     assert rc == 1 and len(lines) == 1
     res = json.loads(lines[0])
