@@ -5,6 +5,7 @@ Runs here are tiny: params, one metric, a fake PNG (the report copies bytes, it 
 import json
 import os
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -269,3 +270,31 @@ def test_copied_files_are_0644_whatever_the_umask(tmp_path):
         os.umask(old)
     fig = tmp_path / "reports" / "05_flow_matching" / "figures" / r.id / "samples.png"
     assert stat.S_IMODE(fig.stat().st_mode) == 0o644
+
+
+def test_a_build_stopped_while_moving_in_leaves_a_folder_the_next_build_finishes(tmp_path, monkeypatch):
+    root = tmp_path / "runs"
+    tiny_run(root)
+    out = tmp_path / "reports"
+    report.build(root, out)
+    newer = tiny_run(root)  # the next build rewrites every page and swaps the figure
+    from lab.commands import report_files
+    real, moved = os.replace, []
+
+    def replace_then_die(src, dst):  # os is one module: this also sees jsonio's manifest writes
+        if not str(dst).endswith(".report-manifest.json"):
+            if len(moved) == 2:
+                raise KeyboardInterrupt  # killed after moving two files in, before the final manifest
+            moved.append(dst)
+        return real(src, dst)
+
+    monkeypatch.setattr(report_files.os, "replace", replace_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        report.build(root, out)
+    monkeypatch.setattr(report_files.os, "replace", real)
+    m = json.loads((out / ".report-manifest.json").read_text())
+    assert len(moved) == 2 and all(m["incoming"][Path(d).relative_to(out).as_posix()] for d in moved)
+    report.build(root, out)  # half old, half new files: all still the report's own
+    assert sorted(p.name for p in (out / "05_flow_matching" / "figures").iterdir()) == [newer.id]
+    assert "incoming" not in json.loads((out / ".report-manifest.json").read_text())
+    assert not [p for p in out.iterdir() if p.name.startswith(".report-building")]

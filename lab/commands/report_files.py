@@ -160,7 +160,7 @@ def _read_manifest(out):
     path = out / MANIFEST
     if not os.path.lexists(path):
         return None
-    fix = f"restore it from git or move it away and rebuild with --force"
+    fix = "restore it from git or move it away and rebuild with --force"
     try:
         m = json.loads(read_inside(out, MANIFEST))
         entries = {rel: [sha] for rel, sha in m["files"].items()}
