@@ -28,6 +28,7 @@ import torch.distributed as dist
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from lab.image_folders import IMG_EXTENSIONS, check_split_layout, class_folders
 from lab.infra.cache import FETCH_COMMAND, AssetError, cache_dir, cache_lock
 from lab.trainutil import step_seed
 
@@ -283,9 +284,6 @@ def digits(size=32, n=None, uint8=False):
 
 # ----------------------------------------------------------------------------- image folder
 
-IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-
-
 class SkippedImageWarning(UserWarning):
     """An unreadable image was replaced by the next readable one."""
 
@@ -300,16 +298,9 @@ class ImageFolder(Dataset):
     def __init__(self, root, size=256, uint8=False):
         _check_size(size)
         self.root, self.size, self.uint8 = Path(root).expanduser(), size, uint8
-        if not self.root.is_dir():
-            raise FileNotFoundError(f"imagefolder: root {str(self.root)!r} is not a folder. Pass the "
-                                    f"folder holding one sub-folder of images per class (ImageNet's train/).")
-        self.classes = sorted(d.name for d in self.root.iterdir() if d.is_dir() and not d.name.startswith("."))
-        self.samples = []
-        for label, cls in enumerate(self.classes):
-            self.samples += [(p, label) for p in sorted((self.root / cls).rglob("*")) if _is_image(p)]
-        if not self.classes:
-            self.classes = [self.root.name]
-            self.samples = [(p, 0) for p in sorted(self.root.iterdir()) if _is_image(p)]
+        folders = class_folders(self.root)  # an empty class folder is an error, not a label gap
+        self.classes = [name for name, _ in folders]
+        self.samples = [(p, label) for label, (_, files) in enumerate(folders) for p in files]
         if not self.samples:
             raise FileNotFoundError(f"imagefolder: no images ({', '.join(IMG_EXTENSIONS)}) under "
                                     f"{str(self.root)!r}; expected root/<class>/<image>.jpg.")
@@ -351,13 +342,22 @@ def as_rgb(img):
     return img.convert("RGB")
 
 
-def _is_image(p):
-    return p.is_file() and p.suffix.lower() in IMG_EXTENSIONS and not p.name.startswith(".")
-
-
 def imagefolder(root, size=256, uint8=False):
     """ImageNet-style folder as (image [3, size, size] in [0, 1], class index), ADM centre crop."""
     return ImageFolder(root, size, uint8)
+
+
+def imagefolder_split(root, split, n, size=256):
+    """`n` images (evenly spaced over the sorted files) of root/train/ (split 'train') or root/val/
+    ('test'). The first call checks the whole layout (train/ and val/, the same non-empty classes):
+    the first data a notebook loads, so a bad folder is refused before anything trains."""
+    if root is None:
+        raise ValueError("data='imagefolder' needs data_root= a folder with train/ and val/ class folders")
+    check_split_layout(root)
+    ds = imagefolder(Path(root) / ("train" if split == "train" else "val"), size=size)
+    if n < len(ds):  # a class-balanced-ish subset: evenly spaced indices over the sorted files
+        ds = torch.utils.data.Subset(ds, torch.linspace(0, len(ds) - 1, n).long().tolist())
+    return ds
 
 
 # ----------------------------------------------------------------------------- loaders

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from lab import class_agreement, encoders
+from lab import class_agreement, encoders, image_folders
 from lab import data as datasets
 from lab.infra import cache, safe_files
 from lab import latent_cache
@@ -119,18 +119,17 @@ def images(data="fashion", n=2048, size=64, split="train", seed=0, root=None):
     elif data == "digits":
         ds = datasets.digits(size=size, n=n)
     elif data == "imagefolder":
-        if root is None:
-            raise ValueError("data='imagefolder' needs data_root= a folder with train/ and val/ class folders")
-        ds = datasets.imagefolder(os.path.join(root, "train" if split == "train" else "val"), size=size)
-        if n < len(ds):  # a class-balanced-ish subset: evenly spaced indices over the sorted files
-            ds = torch.utils.data.Subset(ds, torch.linspace(0, len(ds) - 1, n).long().tolist())
+        ds = datasets.imagefolder_split(root, split, n, size)
     else:
         check_choice("data", data, DATASETS)
     return datasets.tensors(ds, n)
 
 
 def _with_root(recipe, data_root):
-    """Name the data folder in the recipe only when one is used (keeps the embedded recipes' hashes)."""
+    """Name the data folder in the recipe only when one is used (keeps the embedded recipes' hashes).
+    Every recipe naming an image folder passes here first: its layout is checked before any compute."""
+    if recipe.get("data") == "imagefolder" and data_root is not None:
+        image_folders.check_split_layout(data_root)
     return recipe if data_root is None else dict(recipe, data_root=str(data_root))
 
 

@@ -161,6 +161,46 @@ def test_imagefolder_missing_or_empty_root(tmp_path):
         data.imagefolder(tmp_path)
 
 
+def _split_folder(root, train=("cats", "cups"), val=("cats", "cups"), empty=()):
+    img = Image.fromarray(np.full((8, 8, 3), 120, np.uint8))
+    for split, classes in (("train", train), ("val", val)):
+        for cls in classes:
+            (root / split / cls).mkdir(parents=True)
+            if (split, cls) not in empty:
+                img.save(root / split / cls / "0.png")
+    return root
+
+
+def test_an_empty_class_folder_is_an_error_naming_it(tmp_path):
+    """Issue 21 item 6: an empty class folder silently took a label (labels seen 0, 1, 3)."""
+    root = _split_folder(tmp_path, train=("a", "b", "c", "d"), val=(), empty={("train", "c")})
+    with pytest.raises(FileNotFoundError, match=r"class folder .*train/c.* holds no images"):
+        data.imagefolder(root / "train", size=8)
+
+
+@pytest.mark.parametrize("layout, needle", [
+    (dict(val=()), r"val"),  # no val/ at all
+    (dict(empty={("val", "cups")}), r"val/cups.* holds no images"),
+    (dict(val=("cats", "dogs")), r"train/ and val/ .*different classes.*cups.*dogs"),
+])
+def test_the_whole_layout_is_checked_by_the_first_data_call(tmp_path, monkeypatch, layout, needle):
+    """Issue 21 item 6: notebook 05 found a missing val/ only after its autoencoder had trained.
+    Now the first recipe that names the folder (zoo.generation_data -> zoo.autoencoder) refuses it
+    before building or training anything, naming the folder and what is expected."""
+    from lab import zoo
+    monkeypatch.setenv("LAB_RUNS_DIR", str(tmp_path / "runs"))
+    root = _split_folder(tmp_path / "data", **layout)
+    with pytest.raises(FileNotFoundError, match=needle) as e:
+        zoo.generation_data("gae", data="imagefolder", data_root=root, n=4, size=16, steps=1)
+    assert str(root) in str(e.value)
+    assert not list((tmp_path / "runs").rglob("step_*"))  # nothing trained
+    with pytest.raises(FileNotFoundError, match=needle):
+        zoo.images("imagefolder", n=2, size=16, root=root)  # a direct call checks it too
+    good = _split_folder(tmp_path / "good")
+    x, y = zoo.images("imagefolder", n=2, size=16, root=good)
+    assert x.shape == (2, 3, 16, 16) and sorted(y.tolist()) == [0, 1]
+
+
 def test_make_loader_seeded_order():
     ds = data.digits(size=8, n=40)
     order = lambda seed: torch.cat([y for _, y in data.make_loader(ds, 8, shuffle=True, seed=seed)])
