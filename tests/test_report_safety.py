@@ -298,3 +298,14 @@ def test_a_build_stopped_while_moving_in_leaves_a_folder_the_next_build_finishes
     assert sorted(p.name for p in (out / "05_flow_matching" / "figures").iterdir()) == [newer.id]
     assert "incoming" not in json.loads((out / ".report-manifest.json").read_text())
     assert not [p for p in out.iterdir() if p.name.startswith(".report-building")]
+
+
+def test_a_building_folder_left_by_a_killed_build_is_named_not_deleted(one_run, tmp_path, capsys):
+    root, _ = one_run
+    out = tmp_path / "reports"
+    (out / ".report-building-x1y2" / "05_flow_matching").mkdir(parents=True)
+    (out / ".report-building-x1y2" / "05_flow_matching" / "README.md").write_text("half\n")
+    assert report.main(["--runs", str(root), "--out", str(out)]) == 0
+    assert (out / ".report-building-x1y2" / "05_flow_matching" / "README.md").read_text() == "half\n"
+    err = capsys.readouterr().err
+    assert ".report-building-x1y2" in err and "delete it" in err

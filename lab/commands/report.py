@@ -342,6 +342,7 @@ def build(runs_dir=None, out="reports", claims=None, force=False):
     (report_files.Refused) before changing anything when it would touch a file it did not write."""
     out = Path(out)
     mine, changed = report_files.check_out(out, OUR_MARKERS, force)
+    left = report_files.leftovers(out)
     all_runs, unreadable = read_runs(runs_dir)  # a bad run folder is listed apart, never read
     latest = latest_done(all_runs)
     evaluated = [evaluate(c, latest) for c in (registry.CLAIMS if claims is None else claims)]
@@ -359,7 +360,7 @@ def build(runs_dir=None, out="reports", claims=None, force=False):
     verdicts = {v: sum(e["verdict"] == v for e in evaluated) for v in VERDICTS}
     bad = sum(r.state in ("failed", "stale") for r in all_runs)
     return {"out": str(out), "claims": verdicts, "experiments": list(latest), "failed_or_stale": bad,
-            "unreadable": len(unreadable)}
+            "unreadable": len(unreadable), "leftovers": [str(p) for p in left]}
 
 
 def main(argv=None):
@@ -380,6 +381,8 @@ def main(argv=None):
     claims = ", ".join(f"{n} {v}" for v, n in s["claims"].items())
     print(f"{s['out']}/README.md: claims {claims}; {len(s['experiments'])} experiments; "
           f"{s['failed_or_stale']} failed or stale and {s['unreadable']} unreadable runs listed apart")
+    for p in s["leftovers"]:
+        print(f"note: {p} was left by a build that was killed; delete it once you have checked it", file=sys.stderr)
     return 0
 
 

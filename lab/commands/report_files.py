@@ -215,6 +215,11 @@ def check_out(out, markers, force):
 # Moving a new build in
 # ----------------------------------------------------------------------------------------------
 
+def leftovers(out):
+    """Building folders a killed build left in `out` (named, never deleted: we cannot prove whose)."""
+    return sorted(p for p in out.glob(BUILDING + "*")) if out.is_dir() else []
+
+
 def building_folder(out):
     """A fresh temporary folder inside `out` to write the new report into."""
     out.mkdir(parents=True, exist_ok=True)
