@@ -77,15 +77,15 @@ def _fid_e(pool):
 
 
 class InceptionFeatures(torch.nn.Module):
-    """2048-d pool features of Inception-v3 for images in [0, 1] (resized to 299 bilinearly)."""
+    """2048-d pool features of Inception-v3 for images in [0, 1] (resized to `size`, 299, bilinearly)."""
 
-    def __init__(self, net, fid_standard):
+    def __init__(self, net, fid_standard, size=299):
         super().__init__()
-        self.net, self.fid_standard = net, fid_standard
+        self.net, self.fid_standard, self.size = net, fid_standard, size
         self.lab_label = "Inception-v3 (FID, pt_inception-2015-12-05)" if fid_standard else "Inception-v3 (torchvision)"
 
     def forward(self, images01):
-        x = F.interpolate(images01, size=(299, 299), mode="bilinear", align_corners=False)
+        x = F.interpolate(images01, size=(self.size, self.size), mode="bilinear", align_corners=False)
         x = 2 * x - 1 if self.fid_standard else normalize(x)  # the TF graph wants [-1, 1]
         n = self.net
         for layer in (n.Conv2d_1a_3x3, n.Conv2d_2a_3x3, n.Conv2d_2b_3x3, n.maxpool1, n.Conv2d_3b_1x1,
@@ -95,11 +95,12 @@ class InceptionFeatures(torch.nn.Module):
         return x.mean((2, 3))
 
 
-def inception_fid(path=None):
+def inception_fid(path=None, size=299):
     """Inception-v3 feature network from a user's weights file (weights_only=True), never fetched.
 
     pt_inception-2015-12-05 (fc with 1008 classes) -> the standard FID network (TF pooling quirks);
-    a torchvision inception_v3 state dict (1000 classes) -> its features (`fid_standard=False`)."""
+    a torchvision inception_v3 state dict (1000 classes) -> its features (`fid_standard=False`).
+    size: the input resolution; every FID uses 299, a smaller one (>= 75) is for fast tests only."""
     if path is None or not Path(path).exists():
         raise AssetError(f"inception_fid: weights file {path!r} not found. " + FID_WEIGHTS_HELP)
     from torchvision.models import inception_v3
@@ -118,4 +119,4 @@ def inception_fid(path=None):
             getattr(net, name).forward = types.MethodType(_fid_c, getattr(net, name))
         net.Mixed_7b.forward = types.MethodType(_fid_e(_avg3), net.Mixed_7b)
         net.Mixed_7c.forward = types.MethodType(_fid_e(lambda x: F.max_pool2d(x, 3, 1, 1)), net.Mixed_7c)
-    return freeze(InceptionFeatures(net, fid_standard))
+    return freeze(InceptionFeatures(net, fid_standard, size))
