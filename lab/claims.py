@@ -3,7 +3,8 @@
 Each claim names the paper and its table or figure, what the paper states with its numbers (checked
 against the texts in ../shared/papers; `text_lost` says what the extracted text lost), the notebook
 that measures it, and the metric keys that notebook logs. Keys are built here by small functions
-(`swap_key`, `share_key`, ...) that the notebooks call, so each key is spelled in one place.
+(`swap_key`, `share_key`, ...) that lab.record calls on a notebook's tables, so each key is
+spelled in one place and a notebook's record cell is one `record.log` call.
 
 Seeds: a notebook trains the compared configurations once per seed and logs every value under
 `seed_key(key, seed)`; a rule pairs values by seed. Each comparison is a `Test`: per-seed values of a
