@@ -1,4 +1,5 @@
-# Two commands: `make test` and `make reproduce`. Each creates .venv and installs what it needs.
+# Two commands: `make test` and `make reproduce`. Each creates .venv and installs what it needs,
+# including the `lab` console script that the other recipes call (pyproject.toml [project.scripts]).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -17,7 +18,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 assets: $(STAMP)
-	$(BIN)/python -m lab.commands.weights fetch
+	$(BIN)/lab weights fetch
 
 test: assets
 	$(BIN)/python -m pytest
@@ -25,13 +26,13 @@ test: assets
 # every notebook on its defaults, then reports/ (built even if a notebook failed; the exit code says so);
 # a finished run of the same parameters and committed code is kept, and trained models are reused
 reproduce: assets
-	$(BIN)/python -m lab.commands.reproduce --reuse; status=$$?; $(BIN)/python -m lab.commands.report && exit $$status
+	$(BIN)/lab reproduce --reuse; status=$$?; $(BIN)/lab report && exit $$status
 
 report: $(STAMP)
-	$(BIN)/python -m lab.commands.report
+	$(BIN)/lab report
 
 lab: assets
-	$(BIN)/jupyter lab notebooks/
+	$(BIN)/lab jupyter
 
 # mutation score of the modules where a silent bug changes a finding (tests/mutation_run.py; not in CI)
 mutation: $(STAMP)
