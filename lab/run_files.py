@@ -61,10 +61,10 @@ def _walk(folder):
                 yield p.relative_to(folder).as_posix(), p.is_symlink(), p.is_file()
 
 
-def files(folder):
+def files(folder, entries=None):
     """The run's own files, as sorted relative paths: what the manifest lists."""
     out = []
-    for rel, link, regular in _walk(folder):
+    for rel, link, regular in entries if entries is not None else _walk(folder):
         top = "/" not in rel
         if regular and not link and not (top and (rel in _UNLISTED or rel.endswith(".ipynb"))):
             out.append(rel)
@@ -140,7 +140,8 @@ def manifest_problem(folder, meta):
     listing = manifest.get("files")
     if not isinstance(listing, dict):
         return f"{MANIFEST} has no file list"
-    links = [rel for rel, link, _ in _walk(folder) if link]
+    entries = list(_walk(folder))
+    links = [rel for rel, link, _ in entries if link]
     if links:  # never followed: a link may point at anyone's file (lab.commands.report_files)
         return f"{links[0]} is a symbolic link; a run writes regular files only"
     for rel, rec in sorted(listing.items()):
@@ -150,7 +151,7 @@ def manifest_problem(folder, meta):
         size = path.stat().st_size
         if not isinstance(rec, dict) or size != rec.get("size") or sha256(path) != rec.get("sha256"):
             return f"{rel} changed since the run finished ({size} bytes, sha256 differs from {MANIFEST})"
-    added = [rel for rel in files(folder) if rel not in listing]
+    added = [rel for rel in files(folder, entries) if rel not in listing]
     if added:
         return f"{added[0]} was added after the run finished (not in {MANIFEST})"
     return None
