@@ -1,10 +1,9 @@
 """Trained-once models that several notebooks share: autoencoders, their latents, generators.
 
-Each function is a recipe: its keyword arguments name everything that changes the result. The
-first call trains into `runs/_zoo/<name>-<hash of the recipe>/` (resumable: a killed call picks
-up from its last checkpoint); later calls with the same recipe load the finished weights. So
-notebook 05 and notebook 06 share one GAE, and a re-run of `make reproduce` trains nothing twice.
-The folder honours $LAB_RUNS_DIR, so smoke tests train their own tiny models elsewhere.
+Each function is a recipe: every keyword argument that changes the result is in its folder's key
+(tests/test_zoo_keys.py changes each one). The first call trains into `runs/_zoo/<name>-<hash of
+the recipe>/` (resumable from its last checkpoint); later calls load the finished weights: notebooks
+05 and 06 share one GAE, a re-run of `make reproduce` trains nothing twice. $LAB_RUNS_DIR moves it.
 """
 import hashlib
 import json
@@ -38,6 +37,11 @@ def root():
 def recipe_dir(name, recipe):
     blob = json.dumps(recipe, sort_keys=True, default=str)
     return root() / f"{name}-{hashlib.sha1(blob.encode()).hexdigest()[:10]}"
+
+
+def _digest(*tensors):
+    return hashlib.sha1(b"".join(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+                                 for t in tensors)).hexdigest()
 
 
 def lock(folder):
@@ -218,10 +222,8 @@ def hae(data="photos", n=2048, size=64, stem="conv", align="cosine", steps=100, 
 def spherical_vae(data="fashion", n=2048, size=64, latent_dim=32, vae_steps=300, finetune_steps=100,
                   batch_size=16, lr=5e-4, kl_weight=1e-3, decoder_widths=(128, 64, 32, 16, 8), data_root=None,
                   seed=0):
-    """A small KL-VAE, then its token-wise projection to radius sqrt(d) with the decoder fine-tuned.
-
-    Returns (vae, spherical_vae): the Gaussian original and the spherical version.
-    """
+    """(vae, spherical_vae): a small KL-VAE, and its token-wise projection to radius sqrt(d) with the
+    decoder fine-tuned."""
     recipe = dict(kind="sphvae", data=data, n=n, size=size, latent_dim=latent_dim, vae_steps=vae_steps,
                   finetune_steps=finetune_steps, batch_size=batch_size, lr=lr, kl_weight=kl_weight,
                   decoder_widths=list(decoder_widths), seed=seed)
@@ -255,7 +257,11 @@ def spherical_vae(data="fashion", n=2048, size=64, latent_dim=32, vae_steps=300,
 
 
 def encode(ae, x, labels, key, batch_size=64):
-    """Latents of images x under `ae`, cached under runs/_zoo/latents keyed by `key` (a dict)."""
+    """Latents of images x under `ae`, cached under runs/_zoo/latents keyed by `key` (a dict naming the
+    images) and the autoencoder: a key without ae.recipe in it gets it, so two models never share one."""
+    recipe = getattr(ae, "recipe", None)
+    if recipe is not None and any(key.get(k) != v for k, v in recipe.items()):
+        key = dict(key, ae=recipe)
     ds = torch.utils.data.TensorDataset(x, labels)
     dev = next(ae.parameters()).device  # batches go to the model (fp32 latents on every device)
     with torch.no_grad():
@@ -275,7 +281,8 @@ def generator(latents, labels, *, path="linear", loss="euclidean", radial_weight
     from lab.dit import dit
     from lab.train import train_generator
 
-    recipe = dict(kind="generator", latents=latents_key, shape=list(latents.shape), path=path, loss=loss,
+    named = latents_key if latents_key is not None else dict(sha1=_digest(latents, labels))  # unnamed: their bytes
+    recipe = dict(kind="generator", latents=named, shape=list(latents.shape), path=path, loss=loss,
                   radial_weight=radial_weight, shift=shift, steps=steps, batch_size=batch_size, lr=lr, size=size,
                   model_kw=model_kw or {}, seed=seed)
     folder = recipe_dir("gen", recipe)
@@ -289,8 +296,7 @@ def generator(latents, labels, *, path="linear", loss="euclidean", radial_weight
             losses = json.loads((folder / "done.json").read_text()).get("losses", [])
         else:
             out = train_generator(latents, labels, path=path, loss=loss, radial_weight=radial_weight, shift=shift,
-                                  steps=steps,
-                                  batch_size=batch_size, lr=lr, size=size, model_kw=model_kw, out_dir=str(folder),
+                                  steps=steps, batch_size=batch_size, lr=lr, size=size, model_kw=model_kw, out_dir=str(folder),
                                   ckpt_every=max(steps // 4, 1), ema_decay=min(0.9999, 1 - 10 / steps), seed=seed, progress=progress,
                                   num_classes=num_classes)
             ema, losses = out["ema"], out["losses"]
@@ -311,10 +317,8 @@ _PARALLEL = ("generator", "hae", "rae", "gae", "spherical_vae")  # the recipes z
 
 def parallel(calls, workers=None):
     """Train (or load) the recipes of `calls`, a list of (zoo function, kwargs), in `workers` one-thread
-    worker processes (lab.workers.default_workers: 2 on the 2-core CPU, 1 on a GPU), then load
-    each here; returns their results in order. The workers write the same recipe folders, under the
-    same locks, as a plain call, so a later plain call or another notebook loads them.
-    """
+    worker processes (lab.workers.default_workers: 2 on the 2-core CPU, 1 on a GPU), then load each here
+    (results in order). The workers write the recipe folders a plain call would, under the same locks."""
     named = [(fn if isinstance(fn, str) else fn.__name__, dict(kw)) for fn, kw in calls]
     for name, _ in named:
         if name not in _PARALLEL:
