@@ -140,3 +140,54 @@ def test_the_latents_folder_names_the_autoencoder(monkeypatch, tmp_path):
     seen.clear()
     zoo.encode(ae, x, y, dict(ae.recipe, split="train"))  # the notebooks' key: its folder name is kept
     assert seen[0] == latent_cache.key_dir(dict(ae.recipe, split="train"), 4, zoo.root() / "latents")[0]
+
+
+def test_every_generation_data_argument_reaches_a_folder(monkeypatch, tmp_path):
+    """generation_data's arguments go to the autoencoder (checked above), the latents folders and the
+    real-feature folders: each one changed alone changes at least one of them."""
+    monkeypatch.setenv("LAB_RUNS_DIR", str(tmp_path))
+    seen = []
+
+    def fake_ae(kind="hae", **kw):
+        ae = torch.nn.Linear(1, 1)
+        ae.recipe = dict(kind=kind, **kw)
+        seen.append(("ae", json.dumps(ae.recipe, sort_keys=True, default=str)))
+        return ae if kind == "hae" else (ae, dict(ae.recipe, split="train"))
+    monkeypatch.setattr(zoo, "autoencoder", fake_ae)
+    monkeypatch.setattr(zoo, "hae", fake_ae)
+    monkeypatch.setattr(zoo, "images", lambda data, n, size, split="train", root=None: (
+        torch.zeros(n, 3, 2, 2), torch.arange(n) % 2))
+    monkeypatch.setattr(latent_cache, "cached_latents", lambda fn, ds, key, **kw: (
+        seen.append(("latents", latent_cache.key_dir(key, len(ds), kw["cache_root"])[0])), None)[1] or (None, None))
+    monkeypatch.setattr(zoo, "_cached_array", lambda name, key, compute, what: (
+        seen.append((name, zoo.recipe_dir(name, key))), torch.zeros(1).numpy())[1])
+    monkeypatch.setattr(zoo.class_agreement, "reference", lambda *a: {})
+
+    def folder_of(kw):
+        seen.clear()
+        zoo.generation_data(**kw)
+        return list(seen)
+    kind_other = {"gae": "sphvae", "sphvae": "hae", "hae": "gae"}
+    for kind in ("gae", "hae"):
+        args = _arguments(zoo.generation_data, dict(kind=kind))
+        first = folder_of(args)
+        for name, value in args.items():
+            other = kind_other[value] if name == "kind" else _changed(name, value)
+            assert folder_of(dict(args, **{name: other})) != first, \
+                f"zoo.generation_data({kind!r}): changing {name} leaves every folder as it was"
+
+
+def test_latents_of_two_autoencoders_differ_and_test_latents_are_the_encoded_test_images(monkeypatch, tmp_path):
+    """Trained for real at the tiniest size (digits, a few steps): two autoencoders differing in one
+    field give two sets of latents, and the cached test latents are ae.encode(test images)."""
+    monkeypatch.setenv("LAB_RUNS_DIR", str(tmp_path))
+    kw = dict(data="digits", n=16, size=16, steps=2, n_test=8, feature_size=32, n_classifier=16)
+    a = zoo.generation_data("sphvae", seed=0, **kw)
+    b = zoo.generation_data("sphvae", seed=1, **kw)
+    assert a["key"] != b["key"] and not torch.equal(a["z"], b["z"]) and not torch.equal(a["z_test"], b["z_test"])
+    for d in (a, b):
+        with torch.no_grad():
+            torch.testing.assert_close(d["z_test"], d["ae"].encode(d["x_test"]).float())
+            torch.testing.assert_close(d["z"], d["ae"].encode(zoo.images("digits", 16, 16)[0]).float())
+    again = zoo.generation_data("sphvae", seed=0, **kw)  # loaded from the caches: the same latents
+    assert torch.equal(again["z"], a["z"]) and torch.equal(again["z_test"], a["z_test"])
