@@ -320,8 +320,10 @@ def evaluate_npz(sample_npz, ref_npz, inception_path, batch_size=64, device=None
     not compare with papers' tables, a 'caveat'."""
     name = Path(inception_path).name
     model = load_inception(inception_path, size, device)
-    for p in (sample_npz, ref_npz):
-        npz_image_shape(p)  # a wrong file fails before any compute
+    for p in (sample_npz, ref_npz):  # a wrong file fails before any compute
+        if npz_image_shape(p)[0] <= PR_K:
+            raise ValueError(f"{p}: {npz_image_shape(p)[0]} images; precision/recall need more than k={PR_K} "
+                             "(the papers use 50 000 samples against 10 000 reference images)")
     ref_acts = npz_activations(model, ref_npz, batch_size)
     ref = read_reference(ref_npz, activations=ref_acts)
     _check_dims(ref, ref_acts["moments"], ref_npz, size)

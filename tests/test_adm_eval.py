@@ -260,6 +260,9 @@ def test_stored_statistics_of_another_size_are_refused(stand_in, tmp_path):
              sigma_s=np.eye(2023))  # ADM's 299-px spatial statistics
     with pytest.raises(ValueError, match="ref.npz: stored mu_s has 2023 dims, this network gives 112 at 96 px"):
         adm_eval.evaluate_npz(smp, tmp_path / "ref.npz", stand_in, size=SIZE)
+    few = adm_eval.save_samples_npz(tmp_path / "few.npz", images[:3])
+    with pytest.raises(ValueError, match="few.npz: 3 images; precision/recall need more than k=3"):
+        adm_eval.evaluate_npz(few, tmp_path / "ref.npz", stand_in, size=SIZE)
 
 
 def test_caveat_says_when_numbers_do_not_compare_with_papers():
@@ -311,3 +314,14 @@ def test_command_packs_a_folder_of_images(tmp_path):
     Image.fromarray(images[0][:4]).save(folder / "000009.png")
     with pytest.raises(SystemExit, match=r"000009.png is 8x4, the first image 8x8"):
         adm_cli.main(["--pack", str(folder), str(tmp_path / "t.npz")])
+
+
+def test_command_writes_a_reference_batch_with_adms_statistics(stand_in, tmp_path, capsys):
+    images = uint8_images(data.photos(n=2, size=64, seed=3), 2)
+    src = adm_eval.save_samples_npz(tmp_path / "real.npz", images)
+    adm_cli.main(["--reference", str(src), str(tmp_path / "ref.npz"), "--inception", str(stand_in)])
+    assert "2 images with mu, sigma, mu_s, sigma_s" in capsys.readouterr().out
+    with np.load(tmp_path / "ref.npz") as f:
+        assert np.array_equal(f["arr_0"], images)
+        assert f["mu"].shape == (2048,) and f["sigma"].shape == (2048, 2048)
+        assert f["mu_s"].shape == (2023,) and f["sigma_s"].shape == (2023, 2023)  # 299 px: ADM's layout

@@ -50,8 +50,7 @@ def _print_result(result):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m lab.commands.adm_eval", description=__doc__.splitlines()[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    ap = argparse.ArgumentParser(prog="python -m lab.commands.adm_eval", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("first", help="SAMPLES.npz (or FOLDER with --pack, IMAGES.npz with --reference)")
     ap.add_argument("second", help="REF.npz (or OUT.npz with --pack / --reference)")
     mode = ap.add_mutually_exclusive_group()
