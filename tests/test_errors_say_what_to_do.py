@@ -87,3 +87,18 @@ def test_resuming_with_another_shape_says_the_folder_holds_another_shape(tmp_pat
     assert "weight" in msg and "(8, 4)" in msg and "(16, 4)" in msg
     assert "--out-dir" in msg  # how to start fresh
     assert [p.name for p in (tmp_path / "ckpt").iterdir()] == ["step_00000005"]  # intact: never set aside
+
+
+def test_lab_train_resumed_with_another_width_says_how_to_start_fresh(tmp_path):
+    """`python -m lab.train ... --out-dir D` then the same D with another --width: was a raw
+    size-mismatch RuntimeError from load_state_dict."""
+    from lab.train import train_generator
+    z = torch.nn.functional.normalize(torch.randn(16, 4, 8), dim=-1) * 8 ** 0.5
+    y = torch.arange(16) % 2
+    kw = dict(steps=2, batch_size=8, size="tiny", out_dir=str(tmp_path / "run"), ckpt_every=1, progress=False)
+    train_generator(z, y, model_kw=dict(width=16, depth=1), **kw)
+    with pytest.raises(trainutil.CheckpointShapeError) as e:
+        train_generator(z, y, model_kw=dict(width=32, depth=1), **dict(kw, steps=4))
+    msg = str(e.value)
+    assert str(tmp_path / "run" / "checkpoints") in msg and "another shape" in msg and "--out-dir" in msg
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())[-1] == "step_00000002"
