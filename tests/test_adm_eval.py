@@ -14,6 +14,15 @@ from lab.commands import adm_eval as adm_cli
 SIZE = 96  # the stand-in runs at 96 px (9x faster than 299); the 299 layout is checked once
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_blas_thread():
+    """numpy's BLAS (the 2048-d Fréchet eigendecompositions) on one thread, like torch (conftest): on
+    the shared 2-core machine a second thread only spun (the pipeline test: 50 s of CPU, 20 s on one)."""
+    from threadpoolctl import threadpool_limits
+    with threadpool_limits(1):
+        yield
+
+
 # ----------------------------------------------------------------------------- float64 references
 
 def fd_reference(a, b):
