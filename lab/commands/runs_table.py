@@ -8,7 +8,8 @@ parameters that differ from the defaults in notebooks/<experiment>.ipynb (every 
 notebook is missing), the headline metrics and the time the run took. Headline metrics are the
 keys lab.claims reads for that experiment, each the mean over its seeds when logged per seed
 (`key_seed0`, `key_seed1`, ...), then the first other scalars, HEADLINE in all. Unreadable run
-folders (lab.commands.run_index) follow, with the reason. `--where` values parse like notebook
+folders (lab.commands.run_index) follow, with the reason (not when --state or --where filters,
+since their state and parameters are unknown). `--where` values parse like notebook
 parameters (`-p`), typed by the notebook's default; a run without the parameter in params.json
 has its notebook's default. `--json` prints the same as a list of records, unreadable runs
 with state "unreadable" and their reason.
