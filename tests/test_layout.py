@@ -69,10 +69,10 @@ def test_no_import_cycle_in_lab():
 
 
 def layer(module):
-    """0 for lab.infra (plumbing), 2 for lab.commands (the CLI), 1 for everything else (the science)."""
+    """0 for lab.infra (plumbing), 2 for lab.commands and lab.__main__ (the CLI), 1 for the rest (the science)."""
     if module == "lab.infra" or module.startswith("lab.infra."):
         return 0
-    if module == "lab.commands" or module.startswith("lab.commands."):
+    if module in ("lab.commands", "lab.__main__") or module.startswith("lab.commands."):
         return 2
     return 1
 

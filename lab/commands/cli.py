@@ -27,6 +27,9 @@ COMMANDS = {
     "bench": ("lab.commands.bench", "main", "DiT step time, samples/s, memory and MFU, sphere cost"),
     "train": ("lab.train", "main", "train a flow-matching DiT on cached latents (under torchrun: -m lab train)"),
     "jupyter": (None, None, "JupyterLab on notebooks/ (other options go to `jupyter lab`)"),
+    "launch": ("lab.commands.launch", "main", "torchrun command lines: one node, several (--nnodes), or a SLURM script (--slurm)"),
+    "verify": ("lab.commands.verify", "main", "hash every file of a cache folder fully; set aside the bad ones"),
+    "adm-eval": ("lab.commands.adm_eval", "main", "FID, sFID, IS, precision/recall of an ADM .npz against a reference batch"),
     "runs": ("lab.commands.runs_table", "runs_main", "one line per run: state, commit, changed parameters, "
              "headline metrics, time"),
     "show": ("lab.commands.runs_table", "show_main", "one run: parameters, status, metrics, tables, figures"),
