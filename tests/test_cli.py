@@ -220,14 +220,14 @@ def test_lab_help_lists_every_subcommand_with_one_line():
     assert res.returncode == 0, res.stderr
     listed = [line.split()[0] for line in res.stdout.split("commands:")[1].strip().splitlines()[:len(cli.COMMANDS)]]
     assert listed == list(cli.COMMANDS) == ["run", "sweep", "reproduce", "report", "weights", "bench", "train",
-                                            "jupyter", "runs", "show"]
+                                            "jupyter", "launch", "verify", "adm-eval", "runs", "show"]
     assert "python -m lab" in res.stdout
 
 
 HELP_WORDS = {  # a word of each module's own help: the arguments reached the module that does the job
     "run": "--reuse", "sweep": "--slurm", "reproduce": "--jobs", "report": "--force",
     "weights": "fetch,check,where,info", "bench": "--sizes", "train": "--latents", "jupyter": "jupyter lab",
-    "runs": "--where", "show": "EXPERIMENT/RUN-ID",
+    "runs": "--where", "show": "EXPERIMENT/RUN-ID", "launch": "--slurm", "verify": "--keep", "adm-eval": "--inception",
 }
 
 
