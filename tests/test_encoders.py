@@ -4,7 +4,6 @@ ImageNet classes, LPIPS ordering), token read-outs and grids, outside files load
 Uses the real user cache (`make test` runs `python -m lab.commands.weights fetch` first; otherwise the
 first test converts what is missing, which takes some seconds)."""
 import os
-import pickle
 
 import pytest
 import torch
@@ -182,10 +181,12 @@ def test_vit_from_local_files_weights_only(tmp_path):
         m = encoders.vit("vit_tiny_patch16_224", weights=tmp_path / name)
         assert all(torch.equal(m.state_dict()[k], v) for k, v in sd.items())
         assert not any(p.requires_grad for p in m.parameters())
-    # a torch file that smuggles code is refused (weights_only=True)
+    # a torch file that smuggles code is refused (weights_only=True), naming the file, and never
+    # with torch's advice to load it with weights_only=False
     torch.save({"state_dict": sd, "hook": Evil()}, tmp_path / "evil.pth")
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(cache.CorruptFile, match="(?s)evil.pth is not a valid checkpoint: it holds code") as err:
         encoders.vit("vit_tiny_patch16_224", weights=tmp_path / "evil.pth")
+    assert "weights_only=False" not in str(err.value)
     # a truncated safetensors file is named, not a bare "incomplete metadata"
     (tmp_path / "cut.safetensors").write_bytes((tmp_path / "w.safetensors").read_bytes()[:50])
     with pytest.raises(cache.CorruptFile, match="(?s)cut.safetensors is not a readable safetensors"):
