@@ -44,9 +44,6 @@ def env():
     return e
 
 
-@pytest.mark.skipif(not os.environ.get("LAB_MULTINODE_TEST"),
-                    reason="slow (74-119 s on the shared 2-core machine: four Python processes start torch); "
-                           "run with LAB_MULTINODE_TEST=1")
 def test_two_nodes_on_localhost_train_what_one_process_trains(tmp_path):
     lat, labels = toy_latents()
     file = str(tmp_path / "lat.safetensors")
