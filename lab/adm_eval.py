@@ -25,7 +25,6 @@ whose bilinear resize differs from PyTorch's, so the last digits can differ. Eve
 names the weights file that produced the number; a `caveat` says when they do not compare.
 """
 import contextlib
-import hashlib
 import zipfile
 from pathlib import Path
 
@@ -34,7 +33,7 @@ import torch
 
 from lab import check_choice, evaluate, feature_nets, metrics
 from lab.frechet import add_moments, empty_moments, frechet_distance, moments_mean_cov
-from lab.infra.cache import atomic_write
+from lab.infra.cache import atomic_write, sha256
 from lab.trainutil import pick_device, step_seed
 
 SPATIAL_CHANNELS = 7          # ADM keeps mixed_6/conv[..., :7]
@@ -281,14 +280,6 @@ def inception_score(logits, split_size=IS_SPLIT):
     return float(np.mean(scores))
 
 
-def _sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def comparability_caveat(model, sha256, size):
     """None when the network is the FID Inception at 299 px, else why the numbers do not compare with
     papers' tables."""
@@ -332,7 +323,7 @@ def evaluate_npz(sample_npz, ref_npz, inception_path, batch_size=64, device=None
     for kind, (mu, sigma) in REF_STATS.items():
         stats[mu], stats[sigma] = moments_mean_cov(acts["moments"][kind])
     pr = metrics.precision_recall(ref_acts["pool"], acts["pool"], k=PR_K, network=model.lab_label)
-    sha = _sha256(inception_path)
+    sha = sha256(inception_path)
     out = {metric_key("FID", name): frechet_distance(stats["mu"], stats["sigma"], ref["mu"], ref["sigma"]),
            metric_key("sFID", name): frechet_distance(stats["mu_s"], stats["sigma_s"], ref["mu_s"], ref["sigma_s"]),
            metric_key("IS", name): inception_score(acts["logits"]),

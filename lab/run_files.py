@@ -17,11 +17,11 @@ A status.json set to `done` by hand has no manifest, so it is never reused and n
 finished runs of the same parameters. Hashes are remembered per (file, size, mtime, inode) in a
 process, so the report and find_done read a file once however often they check it.
 """
-import hashlib
 import json
 import os
 from pathlib import Path
 
+from lab.infra import cache
 from lab.infra.jsonio import write_json
 
 STATES = ("running", "done", "failed", "stale")
@@ -33,20 +33,12 @@ _NUMBER_FIELDS = ("started_unix", "finished_unix", "seconds")
 _hashes = {}  # (path, size, mtime_ns, inode) -> sha256
 
 
-def _hash_file(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def sha256(path):
     """The file's sha256, read again only when its size, mtime or inode changed."""
     st = os.stat(path)
     key = (str(path), st.st_size, st.st_mtime_ns, st.st_ino)
     if key not in _hashes:
-        _hashes[key] = _hash_file(path)
+        _hashes[key] = cache.sha256(path)
     return _hashes[key]
 
 

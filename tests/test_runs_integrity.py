@@ -128,7 +128,7 @@ def test_checks_are_cheap_on_a_second_read(tmp_path, monkeypatch):
     r = finished(tmp_path)
     assert run_files.problem(r.dir) is None
     hashed = []
-    monkeypatch.setattr(run_files, "_hash_file", lambda p: hashed.append(p) or "x")
+    monkeypatch.setattr(run_files.cache, "sha256", lambda p: hashed.append(p) or "x")
     assert run_files.problem(r.dir) is None and hashed == []  # unchanged files are not read again
     write(r.dir / "tables/curve.csv", "a\n7\n")  # a changed file is hashed again
     assert "changed" in run_files.problem(r.dir)
