@@ -118,12 +118,12 @@ def test_svd_teacher_reconstructs_a_rank_d_input_exactly():
     assert torch.allclose((t2.up(t2(f2)) - f2).pow(2).sum(), s[d:].pow(2).sum(), rtol=1e-9)
 
 
-def test_gae_latent_alignment_is_two_minus_two_cos():
+def test_gae_latent_alignment_is_one_minus_cos():  # as pre / post (equal weights: tests/test_gae_arms.py)
     ae = tiny_gae()
     mu, target = torch.nn.functional.normalize(torch.randn(2, 4, 8), dim=-1), torch.randn(2, 4, 8)
     mu, target = mu * math.sqrt(8), torch.nn.functional.normalize(target, dim=-1) * math.sqrt(8)
     cos = torch.nn.functional.cosine_similarity(mu, target, dim=-1)
-    assert torch.allclose(ae.alignment_loss(mu, None, target), (2 - 2 * cos).mean(), atol=1e-6)
+    assert torch.allclose(ae.alignment_loss(mu, None, target), (1 - cos).mean(), atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- VAE, KL, sphere

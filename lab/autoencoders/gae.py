@@ -13,11 +13,16 @@ Liu, Wang, Sun 2026, "Geometric Autoencoder for Diffusion Models".
                E_sp(f) = (f - m) V_d, with the exact up-projection c V_d^T + m;
     'learned': a downsampler (attention block + patch conv) trained to reconstruct f from its
                code through an up-projection under 1 - cos, then frozen.
-- Alignment paradigm (a parameter):
-    'latent': |mu - to_sphere(E_sp(f))|^2 / d at the bottleneck (both on the radius-sqrt(d) sphere,
-              so this is 2 (1 - cos));
+- Alignment paradigm (a parameter), every arm the same form and weight, 1 - cos (GAE Tab 1 compares
+  the arms at one lambda_sp):
+    'latent': 1 - cos(mu, to_sphere(E_sp(f))) at the bottleneck; with mu on the radius-sqrt(d) sphere
+              this is GAE Eq. 2, |mu - E_sp|^2, divided by 2d (the lab once used / d: twice the weight);
     'pre':    1 - cos(W_pre h, f): the high-dim encoder features against the VFM (REPA-style);
     'post':   1 - cos(W_post mu, f): the latent projected back up against the VFM.
+- Latent regulariser (`latent_reg`, GAE Tab 7): 'norm' is the RMS normalisation above with dynamic
+  noise; 'kl' replaces both by a vanilla VAE bottleneck: a diagonal Gaussian posterior
+  N(m, diag(exp(logvar))), the decoder reads a draw m + exp(logvar / 2) eps, and the trainer adds
+  kl_weight * KL(q || N(0, I)) per latent entry (GAE §5.4.3: KL weight 0.1). encode() gives m.
 The VFM sees the image resized so its token grid equals the latent grid (times `vfm_factor`,
 which the learned downsampler's patch conv then reduces).
 """
@@ -30,6 +35,7 @@ from timm.models.vision_transformer import Block
 
 from lab import check_choice
 from lab.autoencoders.noise import gae_dynamic_noise
+from lab.autoencoders.vae import kl_gaussian
 from lab.autoencoders.vit_decoder import patchify, vit_decoder
 from lab.dit import sincos_2d
 from lab.encoders import encoder_width, load_encoder, vit_tokens
@@ -37,6 +43,7 @@ from lab.geometry import to_sphere
 
 TEACHERS = (None, "svd", "learned")
 ALIGNS = ("latent", "pre", "post")
+LATENT_REGS = ("norm", "kl")
 
 
 # ----------------------------------------------------------------------------- teachers
@@ -106,15 +113,17 @@ class LearnedTeacher(nn.Module):
 # ----------------------------------------------------------------------------- the autoencoder
 
 class GAEEncoder(nn.Module):
-    """images in [0, 1] -> (h [B, N, width], mu [B, N, d]) with |mu_token| = sqrt(d)."""
+    """images in [0, 1] -> (h [B, N, width], mu [B, N, d]) with |mu_token| = sqrt(d) ('norm'), or the
+    posterior mean ('kl')."""
 
-    def __init__(self, patch_size=16, latent_dim=32, width=192, depth=4, heads=3):
+    def __init__(self, patch_size=16, latent_dim=32, width=192, depth=4, heads=3, latent_reg="norm"):
         super().__init__()
-        self.patch_size = patch_size
+        check_choice("latent_reg", latent_reg, LATENT_REGS)
+        self.patch_size, self.latent_reg = patch_size, latent_reg
         self.patch_embed = nn.Linear(3 * patch_size * patch_size, width)
         self.blocks = nn.ModuleList(Block(width, heads, qkv_bias=True) for _ in range(depth))
         self.norm = nn.LayerNorm(width)
-        self.to_latent = nn.Linear(width, latent_dim)
+        self.to_latent = nn.Linear(width, latent_dim * (2 if latent_reg == "kl" else 1))  # 'kl': mean, logvar
 
     def features(self, images01):
         """High-dim encoder features h [B, N, width] (the 'pre' alignment point)."""
@@ -126,8 +135,15 @@ class GAEEncoder(nn.Module):
         return self.norm(x)
 
     def latent(self, h):
-        """mu = sqrt(d) * y / |y| per token: the RMS normalisation that replaces the KL term."""
-        return to_sphere(self.to_latent(h))
+        """mu = sqrt(d) * y / |y| per token: the RMS normalisation that replaces the KL term ('kl': the mean)."""
+        return self.posterior(h)[0] if self.latent_reg == "kl" else to_sphere(self.to_latent(h))
+
+    def posterior(self, h):
+        """'kl' only: (mean, logvar) [B, N, d] of the diagonal Gaussian posterior."""
+        if self.latent_reg != "kl":
+            raise RuntimeError("posterior() needs latent_reg='kl'; the 'norm' latent is deterministic")
+        mean, logvar = self.to_latent(h).chunk(2, dim=-1)
+        return mean, logvar.clamp(-30.0, 20.0)  # as KLVAE.encode_dist: keeps exp() finite
 
     def forward(self, images01):
         h = self.features(images01)
@@ -139,7 +155,7 @@ class GAE(nn.Module):
 
     def __init__(self, image_size=64, patch_size=16, latent_dim=32, width=192, depth=4, heads=3,
                  decoder_size="tiny", vfm="dinov2_s_imgfocus", teacher="svd", align="latent",
-                 noise_std=0.2, vfm_factor=1, decoder_kw=None):
+                 noise_std=0.2, vfm_factor=1, decoder_kw=None, latent_reg="norm"):
         super().__init__()
         check_choice("teacher", teacher, TEACHERS)
         check_choice("align", align, ALIGNS)
@@ -150,7 +166,8 @@ class GAE(nn.Module):
         g = image_size // patch_size
         self.grid, self.image_size, self.patch_size = (g, g), image_size, patch_size
         self.latent_dim, self.noise_std, self.align, self.teacher_kind = latent_dim, float(noise_std), align, teacher
-        self.encoder = GAEEncoder(patch_size, latent_dim, width, depth, heads)
+        self.latent_reg = latent_reg
+        self.encoder = GAEEncoder(patch_size, latent_dim, width, depth, heads, latent_reg)
         self.decoder = vit_decoder(decoder_size, in_dim=latent_dim, patch_size=patch_size, **(decoder_kw or {}))
         # frozen VFM, its compact teacher, and the heads of the 'pre' / 'post' paradigms
         self.vfm = None if vfm is None else load_encoder(vfm, (g * vfm_factor, g * vfm_factor))
@@ -186,12 +203,23 @@ class GAE(nn.Module):
 
     # -- encoder
     def encode(self, images01):
-        """mu [B, N, d] on the product of spheres of radius sqrt(d) (no noise)."""
+        """mu [B, N, d] on the product of spheres of radius sqrt(d) (no noise); 'kl': the posterior mean."""
         return self.encoder(images01)[1]
 
     def add_noise(self, mu, generator=None):
         """GAE's dynamic noise with C_sigma = self.noise_std (a standard deviation)."""
         return gae_dynamic_noise(mu, self.noise_std, generator)
+
+    def sample_latent(self, h, mu, generator=None):
+        """(the decoder's training input, the latent regulariser): 'norm' -> (dynamic noise on mu, None);
+        'kl' -> (a posterior draw mean + exp(logvar / 2) eps, KL(q || N(0, I)) averaged over entries)."""
+        if self.latent_reg == "norm":
+            return self.add_noise(mu, generator), None
+        mean, logvar = self.encoder.posterior(h)
+        eps = torch.randn(mean.shape, generator=generator, dtype=mean.dtype,
+                          device=mean.device if generator is None else generator.device).to(mean.device)
+        wide = torch.promote_types(mean.dtype, torch.float32)  # the KL in fp32 at least (bf16 training)
+        return mean + (0.5 * logvar).exp() * eps, kl_gaussian(mean.to(wide), logvar.to(wide)).mean()
 
     def decode_raw(self, z):
         return self.decoder(z, self.grid)
@@ -234,7 +262,6 @@ class GAE(nn.Module):
 
     def alignment_loss(self, mu, h, target):
         """The semantic preservation loss of the chosen paradigm; target = teacher_features(images)."""
-        if self.align == "latent":
-            return (mu - target).pow(2).sum(-1).mean() / self.latent_dim
-        pred = self.align_head(h if self.align == "pre" else mu)
+        # one form for every arm (equal weights): 1 - cos; on the sphere the latent arm is |mu - t|^2 / (2d)
+        pred = mu if self.align == "latent" else self.align_head(h if self.align == "pre" else mu)
         return (1 - F.cosine_similarity(pred, target, dim=-1)).mean()

@@ -116,8 +116,11 @@ def fit_teacher(ae, images, steps=300, lr=1e-3, seed=0, device=None, feats=None)
 
 def train_gae(ae, data, steps=2000, batch_size=32, lr=2e-4, out_dir=None, resume=True, noise_std=None,
               align_weight=1.0, l1_weight=1.0, lpips_weight=0.0, teacher_steps=300, teacher_lr=1e-3,
-              cache=True, vfm_feats=None, seed=0, device=None, **fit_kw):
+              cache=True, vfm_feats=None, kl_weight=0.1, seed=0, device=None, **fit_kw):
     """Train a GAE: reconstruction of the dynamically-noised latent + align_weight * semantic loss.
+
+    latent_reg='kl' GAEs (GAE Tab 7) decode a posterior draw instead and add kl_weight * KL per latent
+    entry (GAE §5.4.3 trains its KL arm with weight 0.1; the per-entry mean matches train_vae's).
 
     noise_std overrides ae.noise_std (GAE's C_sigma, a standard deviation). The compact teacher is
     fitted first if it is not yet (fit_teacher), then frozen. Returns the history (with 'teacher'
@@ -149,9 +152,13 @@ def train_gae(ae, data, steps=2000, batch_size=32, lr=2e-4, out_dir=None, resume
     def step(idx, gen, k):
         x = images_at(images, idx).to(device)
         h, mu = ae.encoder(x)
-        x_hat = ae.decode_raw(ae.add_noise(mu, gen))
+        z, kl = ae.sample_latent(h, mu, gen)
+        x_hat = ae.decode_raw(z)
         rec, parts = recon_loss(x_hat, x, lpips_net, w_l1=l1_weight, w_lpips=lpips_weight)
         loss = rec
+        if kl is not None:
+            loss = loss + kl_weight * kl
+            parts["kl"] = kl.detach()
         if aligned:
             target = targets[idx].to(device) if targets is not None else ae.teacher_features(x)
             align = ae.alignment_loss(mu, h, target)
