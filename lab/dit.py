@@ -284,10 +284,26 @@ SIZES = {
 }
 
 
-def dit(size, *, in_dim, num_tokens, **kw):
+def check_width(in_dim, width, ddt_width=None, allow_narrow=False):
+    """Refuse a DiT whose output width is below the token dimension C, unless `allow_narrow`.
+
+    RAE §4.1 / Thm. 1: a model of width d < C cannot fit even one latent (the loss stays at a floor
+    of about (C - d) / C; notebook 08 measures it). With the DDT head the head's width is the one
+    that matters, so width < C is fine when ddt_width >= C (RAE §5).
+    """
+    if allow_narrow or width >= in_dim or (ddt_width is not None and ddt_width >= in_dim):
+        return
+    head = "" if ddt_width is None else f" and ddt_width={ddt_width}"
+    raise ValueError(f"DiT width={width} < token dimension C={in_dim}{head}: by RAE §4.1 Thm. 1 it cannot fit even one "
+                     f"latent. Use a wider model (width >= {in_dim}) or the DDT head with ddt_width >= {in_dim} "
+                     "(RAE §5), or pass allow_narrow=True for an experiment about exactly that (notebook 08)")
+
+
+def dit(size, *, in_dim, num_tokens, allow_narrow=False, **kw):
     """A DiT preset; any keyword (width, depth, heads, ddt_width, num_classes, ...) overrides it.
 
     A width given without heads gets default_heads(width) (head_dim <= 128), not the preset's count.
+    Refuses width < in_dim without ddt_width >= in_dim (check_width) unless allow_narrow=True.
     Example: dit('S', in_dim=8, num_tokens=16, num_classes=10, ddt_width=1024).
     """
     if size not in SIZES:
@@ -295,5 +311,7 @@ def dit(size, *, in_dim, num_tokens, **kw):
     preset = dict(SIZES[size])
     if "width" in kw and "heads" not in kw:
         preset.pop("heads")
-    return DiT(in_dim, num_tokens, **{**preset, **kw})
+    args = {**preset, **kw}
+    check_width(in_dim, args["width"], args.get("ddt_width"), allow_narrow)
+    return DiT(in_dim, num_tokens, **args)
 

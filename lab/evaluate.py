@@ -5,6 +5,8 @@ Two views of the same samples, so a reader can tell a generator problem from a d
   in R^C), no network involved;
 - `FD-effnet`: Fréchet distance between decoded samples and real images on EfficientNet-Lite0
   features (lab.metrics). Never called FID. Both are biased at small n: compare at equal n only.
+On the same EfficientNet features: `kid_images` (KID, unbiased at small n) and improved precision /
+recall (k = 3), so guidance collapsing samples onto prototypes shows as recall falling.
 """
 import torch
 
@@ -15,6 +17,7 @@ from lab import geometry as geo
 # unguided samples draw their noise from seed + NOCFG_SEED_OFFSET, so the two agreements come from
 # independent draws (the same noise under two guidance scales would correlate the two estimates).
 NOCFG_SEED_OFFSET = 10_000
+KID_SUBSETS, KID_SUBSET_SIZE, PR_K = 10, 1000, 3  # clean-fid's KID subsets; Kynkäänniemi et al.'s k
 
 
 def nocfg_seed(seed):
@@ -31,12 +34,13 @@ def _device_of(module, device=None):
 
 
 @torch.no_grad()
-def generate(gen, n, shape, *, method="euler", steps=50, prior="gaussian", cfg_scale=1.0, labels=None,
-             num_classes=None, decode_radius=None, shift=True, batch_size=256, seed=0, device=None):
+def generate(gen, n, shape, *, method="euler", steps=50, prior="gaussian", cfg_scale=1.0, cfg_interval=(0.0, 1.0),
+             labels=None, num_classes=None, decode_radius=None, shift=True, batch_size=256, seed=0, device=None):
     """n latents of per-sample `shape` (N, C) on the CPU; labels cycle through the classes unless given.
 
     Sampled on the generator's device (or `device`); shift as in samplers.sample: use the setting the
-    generator was trained with. All noise comes from one torch.Generator seeded `seed`.
+    generator was trained with; cfg_interval as there (guidance only inside it). All noise comes from
+    one torch.Generator seeded `seed`.
     """
     num_classes = num_classes or getattr(gen, "num_classes", 1)
     if labels is None:
@@ -47,8 +51,8 @@ def generate(gen, n, shape, *, method="euler", steps=50, prior="gaussian", cfg_s
     for s in range(0, n, batch_size):
         y = labels[s:s + batch_size].to(device)
         out.append(samplers.sample(gen, (len(y), *shape), y, method=method, steps=steps, prior=prior,
-                                   cfg_scale=cfg_scale, null_class=num_classes, decode_radius=decode_radius,
-                                   shift=shift, generator=g, device=device).cpu())
+                                   cfg_scale=cfg_scale, cfg_interval=cfg_interval, null_class=num_classes,
+                                   decode_radius=decode_radius, shift=shift, generator=g, device=device).cpu())
     return torch.cat(out), labels
 
 
@@ -84,8 +88,8 @@ def norm_summary(z):
 
 def quality(ae, fake_latents, real_latents, real_feats, *, decode_radius=None, features="effnet", feature_size=224,
             classifier=None, requested=None):
-    """FD-tokens against real latents, FD on `features` of decoded samples against real images, norm stats,
-    and (with a classifier) class agreement.
+    """FD-tokens against real latents, FD, KID (kid_images) and precision / recall (k = PR_K) on `features`
+    of decoded samples against real images, norm stats, and (with a classifier) class agreement.
 
     real_feats: features of the real images at `feature_size` px, computed once by the caller since
     every configuration compares against the same set. classifier / requested: a
@@ -97,20 +101,24 @@ def quality(ae, fake_latents, real_latents, real_feats, *, decode_radius=None, f
     fake_feats = metrics.extract_features(images, features, size=feature_size)
     fd = metrics.fd_from_features(real_feats, fake_feats, metrics.FD_NAMES[features], metrics.NETWORKS[features])
     out = dict(fd_tokens=token_fd(real_latents, fake_latents), fd_images=fd["value"], fd_name=fd["name"],
-               fd_network=fd["network"], n=len(fake_latents))
+               fd_network=fd["network"], n=len(fake_latents),
+               kid_images=metrics.kid(real_feats, fake_feats, KID_SUBSETS, KID_SUBSET_SIZE)["value"])
+    pr = metrics.precision_recall(real_feats, fake_feats, k=PR_K)
+    out.update(precision=pr["precision"], recall=pr["recall"])
     out.update(norm_summary(fake_latents))
     if classifier is not None:
         out["class_agreement"] = class_agreement.agreement(classifier, fake_feats, requested)
     return out, images
 
 
-def sample_quality(gen, ae, n, real_latents, real_feats, *, method, steps, prior, cfg_scale=1.0, seed=0,
-                   feature_size=224, classifier=None):
-    """Sample n latents from `gen` (classes cycling), decode them and score them: `quality` with the
-    class agreement against the requested classes when a classifier is given. Returns
-    (quality dict, decoded images, requested labels)."""
+def sample_quality(gen, ae, n, real_latents, real_feats, *, method, steps, prior, cfg_scale=1.0,
+                   cfg_interval=(0.0, 1.0), seed=0, feature_size=224, classifier=None):
+    """Sample n latents from `gen` (classes cycling; guidance cfg_scale inside cfg_interval), decode them
+    and score them: `quality` with the class agreement against the requested classes when a classifier
+    is given. Returns (quality dict, decoded images, requested labels)."""
     fake, asked = generate(gen, n, real_latents.shape[1:], method=method, steps=steps, prior=prior,
-                           cfg_scale=cfg_scale, shift=getattr(gen, "shift", True), seed=seed)
+                           cfg_scale=cfg_scale, cfg_interval=cfg_interval, shift=getattr(gen, "shift", True),
+                           seed=seed)
     q, images = quality(ae, fake, real_latents, real_feats, feature_size=feature_size, classifier=classifier,
                         requested=asked)
     return q, images, asked

@@ -75,9 +75,14 @@ def shift_alpha(num_tokens, channels, base=4096):
 
 
 def resolve_shift(shift, num_tokens, channels):
-    """The alpha a `shift` setting means: True -> shift_alpha(N, C), False/None -> 1, a number -> itself."""
+    """The alpha a `shift` setting means: True -> max(1, shift_alpha(N, C)), False/None -> 1, a number -> itself.
+
+    True applies the RAE shift only where it moves time toward noise (alpha > 1, the regime of RAE
+    Tab. 4's claim); on small latents (16 x 32: 0.354) it leaves time alone. Only an explicit number
+    below 1 moves time toward data.
+    """
     if shift is True:
-        return shift_alpha(num_tokens, channels)
+        return max(1.0, shift_alpha(num_tokens, channels))
     if shift is False or shift is None:
         return 1.0
     alpha = float(shift)

@@ -321,6 +321,36 @@ def fd(images_a, images_b, features="effnet", inception_path=None, batch_size=64
     return fd_from_moments(ma, mb, FD_NAMES[features], NETWORKS[features])
 
 
+# ----------------------------------------------------------------------------- KID
+
+
+def kid(feats_real, feats_fake, subsets=100, subset_size=1000, seed=0, network="unknown"):
+    """Kernel Inception Distance (Bińkowski et al. 2018) on any features: unbiased MMD² with the cubic
+    kernel k(x, y) = (x·y / d + 1)³, averaged over `subsets` random subsets of each set (without
+    replacement), as clean-fid and torch-fidelity compute it. Unbiased at any n, unlike FD, so arms
+    compare at small n. subset_size is clipped to the smaller set (clean-fid). float64 throughout.
+    Returns dict(value, std over subsets, subsets, subset_size, network, n_real, n_fake).
+    """
+    r = torch.as_tensor(feats_real).double().flatten(1)
+    f = torch.as_tensor(feats_fake).double().flatten(1)
+    m = min(len(r), len(f), int(subset_size))
+    if m < 2 or subsets < 1:
+        raise ValueError(f"kid: subset_size={subset_size} (clipped to {m}) must be >= 2 and subsets={subsets} >= 1")
+    g = torch.Generator().manual_seed(seed)
+    d = r.shape[1]
+    values = []
+    for _ in range(1 if m == len(r) == len(f) else subsets):  # whole sets: every subset is the same one
+        x = f[torch.randperm(len(f), generator=g)[:m]]
+        y = r[torch.randperm(len(r), generator=g)[:m]]
+        a = (x @ x.T / d + 1) ** 3 + (y @ y.T / d + 1) ** 3
+        b = (x @ y.T / d + 1) ** 3
+        # off-diagonal means of k(x, x') and k(y, y') (unbiased), minus twice the mean of k(x, y)
+        values.append(((a.sum() - a.diagonal().sum()) / (m * (m - 1)) - 2 * b.sum() / m ** 2).item())
+    v = torch.tensor(values, dtype=torch.float64)
+    return {"value": v.mean().item(), "std": v.std(unbiased=False).item(), "subsets": subsets, "subset_size": m,
+            "network": network, "n_real": len(r), "n_fake": len(f)}
+
+
 # ----------------------------------------------------------------------------- precision / recall
 
 

@@ -40,6 +40,14 @@ def step(method, x, v, dt, radius=None):
     return geo.expmap(x.float(), dt * tangent).to(x.dtype)
 
 
+def check_interval(cfg_interval):
+    """cfg_interval = (lo, hi) with 0 <= lo <= hi <= 1: the times t where guidance applies (RAE: an interval)."""
+    lo, hi = (float(v) for v in cfg_interval)
+    if not 0.0 <= lo <= hi <= 1.0:
+        raise ValueError(f"cfg_interval={tuple(cfg_interval)}; allowed: (lo, hi) with 0 <= lo <= hi <= 1 "
+                         "(t = 0 noise, t = 1 data)")
+
+
 def guided_velocity(model, x, t, y, cfg_scale=1.0, cfg_interval=(0.0, 1.0), null_class=None):
     """Model velocity with classifier-free guidance (one batched call for cond + null)."""
     tb = torch.full((x.shape[0],), float(t), device=x.device)
@@ -59,13 +67,15 @@ def sample(model, shape, y, *, method="euler", steps=50, cfg_scale=1.0, cfg_inte
     """Generate latents of `shape` [B, N, C] for labels y [B].
 
     prior: 'gaussian' (Euclidean FM) or 'sphere' (radial projection of Gaussian noise, radius R =
-    `radius` or sqrt(C)). shift: True for alpha = sqrt(N·C/4096), False for none, or alpha itself
+    `radius` or sqrt(C)). cfg_interval (lo, hi): guidance only at grid times lo <= t <= hi (RAE's
+    guidance interval; t = 0 noise). shift: True for alpha = max(1, sqrt(N·C/4096)), False for none, or alpha itself
     (flows.resolve_shift); the same setting the generator was trained with. decode_radius: if
     given, every generated token is rescaled to this norm before returning. device: default the
     model's device.
     """
     check_choice("method", method, METHODS)
     check_choice("prior", prior, ("gaussian", "sphere"))
+    check_interval(cfg_interval)
     B, N, C = shape
     if device is None:
         device = next((p.device for p in model.parameters()), None) if hasattr(model, "parameters") else None

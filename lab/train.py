@@ -14,8 +14,12 @@ path (x_t, u_t) and the loss are always computed in fp32 from the model output c
 Default (`default_precision`): fp32 on a CPU; on CUDA fp32 for the spherical path (slerp or the
 Riemannian loss), since HAE (A.1, App D) found bf16 unstable for Riemannian FM, else bf16.
 
-Time shift (`shift`): True uses alpha = sqrt(N·C/4096) (flows.shift_alpha), False none, a number
-is alpha itself. For small latents alpha < 1 and the shift moves times toward data.
+Time shift (`shift`): True uses alpha = max(1, sqrt(N·C/4096)) (flows.resolve_shift: the RAE shift
+only where it moves time toward noise), False none, a number is alpha itself (only a number < 1
+moves times toward data). The result's `shift_alpha` says which alpha the run used.
+
+Width: a DiT built here narrower than its tokens (width < C without ddt_width >= C) is refused
+(lab.dit.check_width, RAE Thm. 1) unless allow_narrow=True.
 
 Usage:
     out = train_generator(latents, labels, path='slerp', loss='riemannian', steps=2000,
@@ -208,14 +212,15 @@ def train_generator(latents, labels=None, *, model=None, size="tiny", model_kw=N
                     weight_decay=0.0, grad_clip=1.0, ema_decay=0.9999, label_dropout=0.1,
                     num_classes=None, out_dir=None, ckpt_every=1000, keep=3, resume=True, seed=0,
                     log_every=50, progress=True, device=None, precision=None, accum_steps=None,
-                    memory_budget_gb=None, checkpoint=False, compile=False):
-    """Train a generator with flow matching; return dict(model, ema, losses, step, out_dir, ckpt, accum_steps).
+                    memory_budget_gb=None, checkpoint=False, compile=False, allow_narrow=False):
+    """Train a generator with flow matching; return dict(model, ema, losses, step, out_dir, ckpt, accum_steps,
+    shift_alpha).
 
     latents [M, N, C] (any device; batches are moved to the training device), labels [M] long or
     None (unconditional: one class). path 'linear' | 'slerp' | 'shell'; loss 'euclidean' |
     'riemannian' (+ radial_weight λ); time_dist 'uniform' | 'logit_normal'; shift: True for the
-    dimension-dependent alpha = sqrt(N C / 4096), False for none, or alpha itself (< 1 moves time
-    toward data). precision: 'fp32' | 'bf16' | None (default_precision). model: a module with
+    dimension-dependent alpha = max(1, sqrt(N C / 4096)), False for none, or alpha itself (< 1 moves
+    time toward data). allow_narrow: build a DiT narrower than C anyway (dit.check_width). precision: 'fp32' | 'bf16' | None (default_precision). model: a module with
     forward(x_t, t, y), else dit(size, **model_kw). out_dir: checkpoints go to out_dir/checkpoints
     every `ckpt_every` steps and at the end; with resume=True the newest one is loaded first and
     training continues up to `steps` in total. batch_size is the global batch (split over ranks
@@ -264,7 +269,7 @@ def train_generator(latents, labels=None, *, model=None, size="tiny", model_kw=N
     torch.manual_seed(seed)
     if model is None:
         model = dit(size, in_dim=C, num_tokens=N, num_classes=num_classes, checkpoint=checkpoint,
-                    **(model_kw or {}))
+                    allow_narrow=allow_narrow, **(model_kw or {}))
     elif checkpoint:
         if not hasattr(model, "checkpoint"):
             raise ValueError(f"checkpoint=True needs a model with a `checkpoint` switch (lab.dit.DiT), got {type(model).__name__}")
@@ -356,7 +361,8 @@ def train_generator(latents, labels=None, *, model=None, size="tiny", model_kw=N
         bar.close()
         ddp_cleanup()
     return dict(model=model, ema=ema, losses=losses, step=max(start, steps), out_dir=out_dir,
-                ckpt=latest_checkpoint(ckpt_dir) if ckpt_dir else None, accum_steps=accum_steps)
+                ckpt=latest_checkpoint(ckpt_dir) if ckpt_dir else None, accum_steps=accum_steps,
+                shift_alpha=flows.resolve_shift(shift, N, C))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -392,7 +398,8 @@ def main(argv=None):
     p.add_argument("--radial-weight", type=float, default=0.0)
     p.add_argument("--time-dist", default="logit_normal", choices=list(flows.TIME_DISTS))
     p.add_argument("--no-shift", action="store_true")
-    p.add_argument("--shift-alpha", type=float, help="time-shift alpha (default sqrt(N C / 4096))")
+    p.add_argument("--shift-alpha", type=float, help="time-shift alpha (default max(1, sqrt(N C / 4096)))")
+    p.add_argument("--allow-narrow", action="store_true", help="allow width < C without the DDT head (RAE Thm. 1)")
     p.add_argument("--precision", choices=list(PRECISIONS), help="default: fp32 for the spherical path")
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=64, help="global batch (split over ranks)")
@@ -420,7 +427,7 @@ def main(argv=None):
                           ema_decay=a.ema_decay, label_dropout=a.label_dropout, num_classes=a.num_classes,
                           out_dir=a.out_dir, ckpt_every=a.ckpt_every, resume=not a.no_resume, seed=a.seed,
                           device=a.device, accum_steps=a.accum_steps, memory_budget_gb=a.memory_budget_gb,
-                          checkpoint=a.checkpoint, compile=a.compile)
+                          checkpoint=a.checkpoint, compile=a.compile, allow_narrow=a.allow_narrow)
     if is_main():
         last = out["losses"][-50:]
         print(f"done: step {out['step']}, loss (last {len(last)}) {sum(last) / max(len(last), 1):.4f}, "

@@ -59,7 +59,7 @@ def test_generate_seed_decode_radius_and_shift_reach_the_sampler():
     torch.testing.assert_close(a, torch.randn(4, 16, 32, generator=torch.Generator().manual_seed(3)))
     s, _ = evaluate.generate(zero, 4, (16, 32), steps=2, prior="sphere", decode_radius=2.5, num_classes=1)
     torch.testing.assert_close(s.norm(dim=-1), torch.full((4, 16), 2.5))
-    for shift, alpha in ((False, 1.0), (True, math.sqrt(16 * 32 / 4096)), (2.0, 2.0)):
+    for shift, alpha in ((False, 1.0), (True, 1.0), (0.354, 0.354), (2.0, 2.0)):  # True: max(1, 0.354)
         gen.times.clear()
         evaluate.generate(gen, 1, (16, 32), steps=4, shift=shift)
         grid = torch.linspace(0, 1, 5, dtype=torch.float64)[:-1]

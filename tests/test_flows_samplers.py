@@ -105,7 +105,8 @@ def test_small_latents_shift_toward_data():
     g = torch.Generator().manual_seed(2)
     ts = flows.shift_time(flows.sample_t(50000, "logit_normal", generator=g), alpha)
     assert (ts < 0.2).float().mean().item() == pytest.approx(0.0077, abs=0.002)
-    assert flows.resolve_shift(True, 16, 32) == alpha and flows.resolve_shift(False, 16, 32) == 1.0
+    assert flows.resolve_shift(alpha, 16, 32) == alpha  # only asked for by number: True gives max(1, alpha)
+    assert flows.resolve_shift(True, 16, 32) == 1.0 and flows.resolve_shift(False, 16, 32) == 1.0
     assert flows.resolve_shift(2.5, 16, 32) == 2.5
     with pytest.raises(ValueError, match="shift"):
         flows.resolve_shift(-1.0, 16, 32)
