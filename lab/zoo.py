@@ -14,16 +14,17 @@ import torch
 
 from lab import class_agreement, encoders, image_folders
 from lab import data as datasets
-from lab.infra import cache, safe_files
+from lab.infra import safe_files
 from lab import latent_cache
 from lab.workers import default_workers, train_in_workers
+from lab.zoo_store import _digest, _finished, _load, _mark_finished, lock  # noqa: F401 (zoo.lock is public)
 from lab import check_choice, runs, trainutil
 from lab.autoencoders.decoder import ConvDecoder
 from lab.autoencoders.fit import precompute
 from lab.autoencoders.gae import GAE
 from lab.autoencoders.hae import HAE
 from lab.autoencoders.rae import RAE
-from lab.autoencoders.stages import train_stages
+from lab.autoencoders.stages import LAMBDA_COS, STAGE_LR, train_stages
 from lab.autoencoders.trainers import finetune_spherical, train_gae, train_rae, train_vae
 from lab.autoencoders.vae import KLVAE, SphericalVAE
 
@@ -37,62 +38,6 @@ def root():
 def recipe_dir(name, recipe):
     blob = json.dumps(recipe, sort_keys=True, default=str)
     return root() / f"{name}-{hashlib.sha1(blob.encode()).hexdigest()[:10]}"
-
-
-def _digest(*tensors):
-    return hashlib.sha1(b"".join(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
-                                 for t in tensors)).hexdigest()
-
-
-def lock(folder):
-    """The recipe's inter-process lock: two notebooks (or a two-point lab.commands.batch sweep) asking
-    for one recipe at once: the first trains, the second waits here, then loads the same weights."""
-    folder.mkdir(parents=True, exist_ok=True)
-    return safe_files.file_lock(folder / ".lock", what=f"zoo recipe {folder.name}")
-
-
-def _finished(folder):
-    """True when done.json parses and the final checkpoints it names pass their checksums.
-
-    A cut done.json or a corrupt final checkpoint is moved aside (named in a warning) and the
-    recipe counts as unfinished: training resumes from the last intact checkpoint and, being
-    bit-identical on resume, rebuilds the same weights."""
-    done = folder / "done.json"
-    if not done.is_file():
-        return False
-    try:
-        info = cache.read_json(done, "zoo record")
-    except cache.CorruptFile as err:
-        safe_files.set_aside(done, str(err), "the recipe is finished again from its checkpoints")
-        return False
-    for rel in (info.get("checkpoints") or {}).values():
-        bad = trainutil.checkpoint_problem(folder / rel) if (folder / rel).is_dir() else f"{folder / rel} is missing"
-        if bad:
-            if (folder / rel).is_dir():
-                safe_files.set_aside(folder / rel, f"final zoo checkpoint {folder / rel} is corrupt: {bad}",
-                                     "the recipe trains again from its last intact checkpoint")
-            os.replace(done, done.with_name(f"done.json.stale-{os.getpid()}"))
-            return False
-    return True
-
-
-def _final_checkpoints(folder):
-    """{checkpoint folder: its newest step folder}, relative to the recipe folder, for done.json."""
-    parents = sorted({p.parent for p in folder.rglob("step_*") if p.is_dir()})
-    newest = {p: trainutil.latest_checkpoint(str(p)) for p in parents}
-    return {str(p.relative_to(folder)): str(Path(c).relative_to(folder)) for p, c in newest.items() if c}
-
-
-def _mark_finished(folder, recipe, history=None, **extra):
-    info = dict(recipe=recipe, **extra)
-    if history and history.get("loss"):
-        info.update(final_loss=float(history["loss"][-1]), steps=len(history["loss"]))
-    info["checkpoints"] = _final_checkpoints(folder)
-    runs.write_json(folder / "done.json", info)
-
-
-def _load(folder, modules, sub="checkpoints"):
-    trainutil.load_checkpoint(str(folder / sub), modules, restore_rng=False)
 
 
 def _train_or_load(name, recipe, ae, train, sub="checkpoints"):
@@ -169,42 +114,52 @@ def rae(data="fashion", n=2048, size=64, decoder="vit", noise_tau=0.0, steps=400
 
 
 def gae(data="fashion", n=2048, size=64, latent_dim=32, align="latent", teacher="svd", noise_std=0.2,
-        steps=300, batch_size=32, lr=5e-4, align_weight=1.0, data_root=None, seed=0):
+        steps=300, batch_size=32, lr=5e-4, align_weight=1.0, latent_reg="norm", kl_weight=0.1, data_root=None, seed=0):
     """GAE: ViT autoencoder with RMS-normalised d-dim tokens (|z| = sqrt(d)), VFM-aligned.
+    latent_reg='kl' (GAE Tab 7): a diagonal Gaussian posterior and kl_weight * KL instead (GAE §5.4.3: 0.1).
 
     noise_std: GAE's C_sigma, a standard deviation (GAE App G: 0.2; Tab 4: 0.05 / 0.1 / 0.2).
     """
     recipe = dict(kind="gae", data=data, n=n, size=size, latent_dim=latent_dim, align=align, teacher=teacher,
                   noise_std=noise_std, steps=steps, batch_size=batch_size, lr=lr, align_weight=align_weight,
-                  seed=seed)
+                  latent_reg=latent_reg, kl_weight=kl_weight, seed=seed)
     recipe = _with_root(recipe, data_root)
     torch.manual_seed(seed)
-    ae = GAE(image_size=size, latent_dim=latent_dim, align=align, teacher=teacher, noise_std=noise_std)
+    ae = GAE(image_size=size, latent_dim=latent_dim, align=align, teacher=teacher, noise_std=noise_std,
+             latent_reg=latent_reg)
 
     def train(out):
         x = images(data, n, size, root=data_root)[0]
         key = _vfm_key("dinov2_s_imgfocus", [g * ae.vfm_factor for g in ae.grid], "model", data, n, size, data_root)
         feats = vfm_tokens(ae, ae.vfm_features, key, x)
         return train_gae(ae, x, steps=steps, batch_size=batch_size, lr=lr, out_dir=out, align_weight=align_weight,
-                         vfm_feats=feats, seed=seed)
+                         vfm_feats=feats, kl_weight=kl_weight, seed=seed)
     return _train_or_load("gae", recipe, ae, train)
 
 
-def hae(data="photos", n=2048, size=64, stem="conv", align="cosine", steps=100, stage2_steps=None,
-        stage3_steps=None, stage4_steps=None, noise_tau=0.8, batch_size=16, lr=5e-4, lambda_cos=1.0,
-        lpips_weight=1.0, decoder_widths=(128, 64, 32, 16, 8), teacher="dinov2_s_imgfocus", teacher_weights=None,
-        data_root=None, seed=0):
+# The shared HAE (issue 23): every notebook's HAE is zoo.hae() at these defaults, trained once.
+# Stage 1 is where the reconstruction is learnt (PSNR +1.6 dB per doubling of its steps, measured);
+# the late stages are short refinements at DINO-SAE's lr ratios (stages.STAGE_LR).
+HAE_STEPS = (700, 20, 20, 20)
+
+
+def hae(data="photos", n=2048, size=64, stem="conv", align="cosine", steps=HAE_STEPS[0], stage2_steps=HAE_STEPS[1],
+        stage3_steps=HAE_STEPS[2], stage4_steps=HAE_STEPS[3], noise_tau=0.8, batch_size=16, lr=5e-4,
+        lambda_cos=LAMBDA_COS, lr_scale=STAGE_LR, lpips_weight=1.0, decoder_widths=(128, 64, 32, 16, 8),
+        teacher="dinov2_s_imgfocus", teacher_weights=None, data_root=None, seed=0):
     """HAE / DINO-SAE after its four stages (stages.train_stages; stem='patch' is the patch-embedding baseline).
 
-    steps: stage 1 (stem + decoder, alignment); stage2_steps (+ GAN), stage3_steps (decoder only),
-    stage4_steps (decoder only on z + sigma * eps, sigma ~ U(0, noise_tau): DINO-SAE Eq. 10). A late
-    stage's count defaults to max(1, steps // 10): a GAN-stage step costs about two to three stage-1 steps
-    on a CPU, so the default (100, 10, 10, 10) costs about 1.6x stage 1 alone; 0 skips that stage.
+    steps: stage 1 (stem + decoder, alignment, lr); stage2_steps (+ GAN), stage3_steps (decoder only),
+    stage4_steps (decoder only on z + sigma * eps, sigma ~ U(0, noise_tau): DINO-SAE Eq. 10); 0 skips
+    a stage. Stage k trains at lr * lr_scale[k - 1] (DINO-SAE's 1 : 10 : 10 : 5.4). lambda_cos = 0.5
+    (DINO-SAE §4.1, HAE Tab. 9). The defaults are the one HAE every notebook shares (HAE_STEPS).
+    The frozen teacher's tokens of the training set are computed once and cached (vfm_tokens).
     """
-    late = [max(1, steps // 10) if k is None else int(k) for k in (stage2_steps, stage3_steps, stage4_steps)]
+    stage_steps = [int(k) for k in (steps, stage2_steps, stage3_steps, stage4_steps)]
     recipe = dict(kind="hae", data=data, n=n, size=size, stem=stem, align=align, steps=steps,
-                  stage_steps=[steps] + late, noise_tau=noise_tau, batch_size=batch_size, lr=lr,
-                  lambda_cos=lambda_cos, lpips_weight=lpips_weight, decoder_widths=list(decoder_widths), seed=seed)
+                  stage_steps=stage_steps, noise_tau=noise_tau, batch_size=batch_size, lr=lr,
+                  lr_scale=list(lr_scale), lambda_cos=lambda_cos, lpips_weight=lpips_weight,
+                  decoder_widths=list(decoder_widths), seed=seed)
     if teacher != "dinov2_s_imgfocus":
         recipe.update(teacher=teacher, teacher_weights=str(teacher_weights))
     recipe = _with_root(recipe, data_root)
@@ -212,11 +167,19 @@ def hae(data="photos", n=2048, size=64, stem="conv", align="cosine", steps=100, 
     width = 384 if teacher == "dinov2_s_imgfocus" else encoders.vit(teacher, weights=teacher_weights).embed_dim
     ae = HAE(teacher=teacher, stem=stem, align=align, image_size=size, teacher_weights=teacher_weights,
              decoder=ConvDecoder(width, tuple(decoder_widths)))
-    last = max(k for k, n_k in enumerate(recipe["stage_steps"], 1) if n_k > 0)
-    return _train_or_load("hae", recipe, ae, lambda out: train_stages(
-        ae, images(data, n, size, root=data_root)[0], recipe["stage_steps"], batch_size=batch_size, lr=lr,
-        lambda_cos=lambda_cos, w_lpips=lpips_weight, lpips_net="alex" if lpips_weight else None,
-        noise_tau=noise_tau, out_dir=out, seed=seed)[last], sub=f"stage{last}")
+    last = max(k for k, n_k in enumerate(stage_steps, 1) if n_k > 0)
+
+    def train(out):
+        x = images(data, n, size, root=data_root)[0]
+        tokens = None
+        if stem == "conv" and stage_steps[0] + stage_steps[1] > 0 and lambda_cos > 0:
+            named = teacher if teacher == "dinov2_s_imgfocus" else f"{teacher}:{teacher_weights}"
+            key = _vfm_key(named, ae.grid, "hae_teacher", data, n, size, data_root)
+            tokens = vfm_tokens(ae, ae.teacher_features, key, x)
+        return train_stages(ae, x, stage_steps, batch_size=batch_size, lr=lr, lr_scale=lr_scale,
+                            lambda_cos=lambda_cos, w_lpips=lpips_weight, lpips_net="alex" if lpips_weight else None,
+                            noise_tau=noise_tau, teacher_tokens=tokens, out_dir=out, seed=seed)[last]
+    return _train_or_load("hae", recipe, ae, train, sub=f"stage{last}")
 
 
 def spherical_vae(data="fashion", n=2048, size=64, latent_dim=32, vae_steps=300, finetune_steps=100,
@@ -366,12 +329,12 @@ LATENTS = ("dino", "dino_affine_free", "gae", "vae", "sphvae", "hae")
 
 
 def latents(name, x, *, data="fashion", n=2048, size=64, gae_steps=300, vae_steps=150, finetune_steps=50,
-            hae_data="photos", hae_steps=100, seed=0):
+            hae_data="photos", seed=0):
     """Tokens of images x under one of LATENTS, training (or loading) the model it needs.
 
     'dino' / 'dino_affine_free': DINOv2-S tokens with / without the final LayerNorm's affine (no
     training); 'gae': RMS-normalised GAE tokens; 'vae' / 'sphvae': the KL-VAE's posterior means and
-    their projection to sqrt(d); 'hae': the HAE student (four stages, `hae_steps` in stage 1, trained on `hae_data`).
+    their projection to sqrt(d); 'hae': the shared HAE student (zoo.hae's defaults, trained on `hae_data`).
     """
     check_choice("latents", name, LATENTS)
     if name in ("dino", "dino_affine_free"):
@@ -379,7 +342,7 @@ def latents(name, x, *, data="fashion", n=2048, size=64, gae_steps=300, vae_step
     if name == "gae":
         ae = gae(data=data, n=n, size=size, steps=gae_steps, seed=seed)
     elif name == "hae":
-        ae = hae(data=hae_data, n=n, size=size, steps=hae_steps, seed=seed)
+        ae = hae(data=hae_data, n=n, size=size, seed=seed)
     else:
         ae = spherical_vae(data=data, n=n, size=size, vae_steps=vae_steps, finetune_steps=finetune_steps,
                            seed=seed)[name == "sphvae"]
@@ -427,13 +390,14 @@ def generation_data(kind, *, data="fashion", n=2048, size=64, steps=2500, n_test
     latents `z_test`, the held-out images' EfficientNet features `real_feats` (at `feature_size` px,
     the FD reference), and `classifier` (class_agreement, fitted on the features of `n_classifier`
     training images) with its accuracy on the held-out images `real_accuracy`.
-    kind: 'gae' | 'sphvae' (zoo.autoencoder) or 'hae' (the four-stage HAE student, `steps` stage-1 steps).
+    kind: 'gae' | 'sphvae' (zoo.autoencoder, `steps` steps) or 'hae' (the shared four-stage HAE student:
+    zoo.hae's own defaults, `steps` is ignored, so every notebook gets the one HAE).
 
     One autoencoder per data set (seed `seed`); latents are encoded once and cached; the real-image
     features are computed once per data set and cached for every configuration compared against them.
     """
     if kind == "hae":  # free-norm latents: the four-stage HAE student trained on the same data
-        ae = hae(data=data, n=n, size=size, steps=steps, data_root=data_root, seed=seed)
+        ae = hae(data=data, n=n, size=size, data_root=data_root, seed=seed)
         key = dict(ae.recipe, split="train")
     else:
         ae, key = autoencoder(kind, data=data, n=n, size=size, steps=steps, data_root=data_root, seed=seed)

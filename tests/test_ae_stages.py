@@ -102,14 +102,40 @@ def test_zoo_hae_recipe_names_every_stage(tiny_zoo):
                    stage4_steps=0).recipe["stage_steps"] == [10, 0, 0, 0]
 
 
-def test_late_stage_steps_default_to_a_tenth_of_stage_one(tiny_zoo, monkeypatch):
+def test_zoo_hae_defaults_are_the_shared_recipe(tiny_zoo, monkeypatch):
+    """zoo.hae() with no stage counts trains HAE_STEPS, at DINO-SAE's lr ratios and lambda_cos 0.5,
+    with the teacher's tokens of the training set computed once (vfm_tokens), not per step."""
     seen = []
 
     def fake_train_stages(ae, data, steps, **kw):
-        seen.append(list(steps))
+        seen.append(dict(kw, steps=list(steps)))
         return {k: {"loss": [0.0]} for k in (1, 2, 3, 4)}
 
     monkeypatch.setattr(zoo, "train_stages", fake_train_stages)
-    assert zoo.hae(n=4, size=32, steps=25, lpips_weight=0.0).recipe["stage_steps"] == [25, 2, 2, 2]
-    assert zoo.hae(n=4, size=32, steps=3, lpips_weight=0.0).recipe["stage_steps"] == [3, 1, 1, 1]
-    assert seen == [[25, 2, 2, 2], [3, 1, 1, 1]]
+    ae = zoo.hae(n=4, size=32, lpips_weight=0.0)
+    assert ae.recipe["stage_steps"] == list(zoo.HAE_STEPS) == seen[0]["steps"]
+    assert ae.recipe["lambda_cos"] == 0.5 == seen[0]["lambda_cos"]
+    assert seen[0]["lr_scale"] == (1.0, 10.0, 10.0, 5.4)
+    tokens = seen[0]["teacher_tokens"]
+    assert torch.equal(tokens, ae.teacher_features(smooth_images(4, 32)))
+    zoo.hae(n=4, size=32, lpips_weight=0.0, stem="patch")  # the patch baseline has no alignment: no tokens
+    assert seen[1]["teacher_tokens"] is None
+
+
+def test_generation_data_and_latents_use_the_shared_hae(monkeypatch):
+    """Notebooks 02 and 06 reach the HAE through zoo.latents / zoo.generation_data: both ask zoo.hae for
+    its defaults (no per-notebook stage-1 length), whatever `steps` a generation notebook passes."""
+    calls = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_hae(**kw):
+        calls.append(kw)
+        raise Stop
+    monkeypatch.setattr(zoo, "hae", fake_hae)
+    for call in (lambda: zoo.generation_data("hae", data="photos", n=8, size=32, steps=7),
+                 lambda: zoo.latents("hae", torch.zeros(1, 3, 32, 32), n=8, size=32)):
+        with pytest.raises(Stop):
+            call()
+    assert calls and all("steps" not in kw and not any(k.endswith("_steps") for k in kw) for kw in calls)

@@ -173,6 +173,9 @@ def test_every_generation_data_argument_reaches_a_folder(monkeypatch, tmp_path):
         first = folder_of(args)
         for name, value in args.items():
             other = kind_other[value] if name == "kind" else _changed(name, value)
+            if kind == "hae" and name == "steps":  # the shared HAE (zoo.hae's defaults) ignores it by design
+                assert folder_of(dict(args, **{name: other})) == first
+                continue
             assert folder_of(dict(args, **{name: other})) != first, \
                 f"zoo.generation_data({kind!r}): changing {name} leaves every folder as it was"
 

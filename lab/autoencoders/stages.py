@@ -31,6 +31,12 @@ from lab.autoencoders.noise import SCHEDULES, dino_sae_sigma, dino_sae_smoothing
 from lab.trainutil import latest_checkpoint, load_checkpoint, pick_device, requires_grad
 
 STAGES = (1, 2, 3, 4)
+LAMBDA_COS = 0.5  # DINO-SAE §4.1 (lambda_cos = 0.5) and HAE App. B.3 Tab. 9 (cosine similarity weight 0.5)
+# DINO-SAE §4.1's learning rates, as multiples of stage 1's: 1e-5, 1e-4 (GAN), 1e-4, 5.4e-5 (noise).
+STAGE_LR = (1.0, 10.0, 10.0, 5.4)
+# DINO-SAE §4.1's betas: (0.9, 0.999) in stage 1, (0.5, 0.9) from the GAN stage on (kept in stages 3-4).
+# Stage 1 keeps the lab's (0.9, 0.95) (the paper: 0.999), the setting its PSNR-vs-steps curve was measured at.
+STAGE_BETAS = ((0.9, 0.95), (0.5, 0.9), (0.5, 0.9), (0.5, 0.9))
 
 
 def _load_previous_stage(out_dir, stage, modules):
@@ -58,7 +64,7 @@ def stage_parameters(ae, stage):
 
 
 def train_stage(ae, data, stage=1, *, steps=500, batch_size=16, lr=2e-4, betas=(0.9, 0.95),
-                lambda_cos=1.0, w_l1=1.0, w_lpips=1.0, lpips_net="alex",
+                lambda_cos=LAMBDA_COS, teacher_tokens=None, w_l1=1.0, w_lpips=1.0, lpips_net="alex",
                 gan=None, disc=None, w_gan=0.5, disc_lr=None, disc_warmup=100,
                 noise_tau=0.8, noise_schedule="uniform", noise_relative=False, grad_clip=1.0,
                 out_dir=None, resume=True, ckpt_every=100, keep=2, seed=0, device=None, progress=True):
@@ -66,6 +72,9 @@ def train_stage(ae, data, stage=1, *, steps=500, batch_size=16, lr=2e-4, betas=(
 
     steps: the stage's total step count (a resumed run continues up to it). lambda_cos weighs the
     alignment loss (stages 1-2; skipped for the patch baseline, whose student is the teacher).
+    teacher_tokens: ae.teacher_features of every image of `data`, in order ([M, N, C]), computed once
+    (the teacher is frozen, so every visit of an image gets the same tokens; a step's batch is
+    looked up by index, the same values the per-batch forward gives); None: a teacher pass per batch.
     gan: use the hinge GAN (default: stages 2-4). disc: a DinoDisc to train (default: a new one
     on ae.teacher; pass the same object to later stages). disc_warmup: steps of discriminator-only
     training before the adversarial term reaches the decoder. w_gan multiplies the VQGAN adaptive
@@ -108,7 +117,8 @@ def train_stage(ae, data, stage=1, *, steps=500, batch_size=16, lr=2e-4, betas=(
         parts.update(rec_parts)
         loss = rec
         if align_on:
-            a = ae.alignment_loss(z, ae.teacher_features(x))
+            target = ae.teacher_features(x) if teacher_tokens is None else teacher_tokens[idx].to(device)
+            a = ae.alignment_loss(z, target)
             loss = loss + lambda_cos * a
             parts["align"] = a.detach()
         return dict(loss=loss, rec=rec, parts=parts, x=x, x_hat=x_hat)
@@ -121,27 +131,31 @@ def train_stage(ae, data, stage=1, *, steps=500, batch_size=16, lr=2e-4, betas=(
                log_dir=os.path.join(out_dir, "tb", f"stage{stage}") if out_dir else None)
 
 
-def train_stages(ae, data, steps=(100, 20, 20, 20), *, out_dir=None, disc=None, noise_tau=0.8, seed=0,
-                 progress=True, **kw):
-    """Stages 1 -> 2 -> 3 -> 4 in order, steps[k - 1] steps each (0 skips a stage); {stage: history}.
+def train_stages(ae, data, steps=(100, 20, 20, 20), *, lr=5e-4, lr_scale=STAGE_LR, betas=STAGE_BETAS,
+                 out_dir=None, disc=None, noise_tau=0.8, seed=0, progress=True, **kw):
+    """Stages 1 -> 2 -> 3 -> 4 in order (DINO-SAE §3.2), steps[k - 1] steps each (0 skips a stage); {stage: history}.
 
-    Each stage resumes from its own checkpoint under out_dir/stage<k>/ (a finished stage only reloads
-    its weights), so a run killed in stage 3 picks up there. One discriminator serves stages 2-4 (it
-    is stored in their checkpoints): the first stage that uses it trains it alone for half its steps
-    (HAE B.4's discriminator warm-up), later stages use it from their first step. Stage 4 draws
-    sigma ~ U(0, noise_tau) per sample (DINO-SAE Eq. 10, tau = 0.8). Every stage uses the same lr
-    (the papers lower it in stage 4; at this scale one rate keeps the recipe short). Other keywords
-    go to train_stage.
+    Stage k trains at lr * lr_scale[k - 1] with betas[k - 1]: by default DINO-SAE §4.1's ratios
+    (1 : 10 : 10 : 5.4) and betas, so `lr` is stage 1's rate. Each stage resumes from its own
+    checkpoint under out_dir/stage<k>/ (a finished stage only reloads its weights), so a run killed
+    in stage 3 picks up there. One discriminator serves stages 2-4 (it is stored in their
+    checkpoints): the first stage that uses it trains it alone for half its steps (HAE B.4's
+    discriminator warm-up), later stages use it from their first step. Stage 4 draws
+    sigma ~ U(0, noise_tau) per sample (DINO-SAE Eq. 10, tau = 0.8). Other keywords (teacher_tokens,
+    lambda_cos, ...) go to train_stage.
     """
     if len(steps) != len(STAGES) or any(int(n) < 0 for n in steps):
         raise ValueError(f"steps={steps!r}: one step count >= 0 per stage {STAGES}")
+    if len(lr_scale) != len(STAGES) or len(betas) != len(STAGES):
+        raise ValueError(f"lr_scale={lr_scale!r}, betas={betas!r}: one entry per stage {STAGES}")
     hist, warmed = {}, False
     for stage, n in zip(STAGES, steps):
         if n == 0:
             continue
         if stage >= 2 and disc is None:
             disc = DinoDisc(ae.teacher)
-        hist[stage] = train_stage(ae, data, stage, steps=int(n), disc=disc if stage >= 2 else None,
+        hist[stage] = train_stage(ae, data, stage, steps=int(n), lr=lr * lr_scale[stage - 1],
+                                  betas=tuple(betas[stage - 1]), disc=disc if stage >= 2 else None,
                                   disc_warmup=0 if warmed else int(n) // 2, noise_tau=noise_tau, out_dir=out_dir,
                                   seed=seed, progress=progress, **kw)
         warmed = warmed or stage >= 2
