@@ -140,7 +140,20 @@ def gae(data="fashion", n=2048, size=64, latent_dim=32, align="latent", teacher=
 # The shared HAE (issue 23): every notebook's HAE is zoo.hae() at these defaults, trained once.
 # Stage 1 is where the reconstruction is learnt (PSNR +1.6 dB per doubling of its steps, measured);
 # the late stages are short refinements at DINO-SAE's lr ratios (stages.STAGE_LR).
-HAE_STEPS = (700, 20, 20, 20)
+def shared_hae_steps(env=None):
+    """The shared HAE's four stage lengths: (700, 20, 20, 20), or $LAB_HAE_STEPS ('s1,s2,s3,s4'), with
+    which the notebook smoke tests shrink every notebook's shared HAE at once (the recipe, and so its
+    cache folder, records the lengths used)."""
+    text = (os.environ if env is None else env).get("LAB_HAE_STEPS")
+    if not text:
+        return (700, 20, 20, 20)
+    steps = tuple(int(k) for k in text.split(","))
+    if len(steps) != 4 or steps[0] < 1 or min(steps) < 0:
+        raise ValueError(f"LAB_HAE_STEPS={text!r}: four comma-separated stage lengths, stage 1 >= 1, others >= 0")
+    return steps
+
+
+HAE_STEPS = shared_hae_steps()
 
 
 def hae(data="photos", n=2048, size=64, stem="conv", align="cosine", steps=HAE_STEPS[0], stage2_steps=HAE_STEPS[1],
@@ -238,15 +251,16 @@ def generator(latents, labels, *, path="linear", loss="euclidean", radial_weight
     """A flow-matching generator trained on `latents` (see lab.train.train_generator); returns its EMA model.
 
     latents_key identifies the latents in the recipe (e.g. the autoencoder's recipe and data).
-    shift: the time shift it trains with (flows.resolve_shift), kept on the model as `.shift` so
-    that sampling uses the same setting.
+    shift: the time shift it trains with, kept on the model as `.shift` so that sampling uses the same
+    setting; the recipe (and `.shift_alpha`) hold the alpha it means (flows.resolve_shift).
     """
     from lab.dit import dit
+    from lab.flows import resolve_shift
     from lab.train import train_generator
 
     named = latents_key if latents_key is not None else dict(sha1=_digest(latents, labels))  # unnamed: their bytes
     recipe = dict(kind="generator", latents=named, shape=list(latents.shape), path=path, loss=loss,
-                  radial_weight=radial_weight, shift=shift, steps=steps, batch_size=batch_size, lr=lr, size=size,
+                  radial_weight=radial_weight, shift=resolve_shift(shift, *latents.shape[1:]), steps=steps, batch_size=batch_size, lr=lr, size=size,
                   model_kw=model_kw or {}, seed=seed)
     folder = recipe_dir("gen", recipe)
     num_classes = int(labels.max()) + 1
@@ -265,6 +279,7 @@ def generator(latents, labels, *, path="linear", loss="euclidean", radial_weight
             ema, losses = out["ema"], out["losses"]
             _mark_finished(folder, recipe, losses=losses)
     ema.recipe, ema.losses, ema.num_classes, ema.shift = recipe, losses, num_classes, shift
+    ema.shift_alpha = recipe["shift"]
     return ema.eval()
 
 

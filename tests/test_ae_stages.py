@@ -139,3 +139,26 @@ def test_generation_data_and_latents_use_the_shared_hae(monkeypatch):
         with pytest.raises(Stop):
             call()
     assert calls and all("steps" not in kw and not any(k.endswith("_steps") for k in kw) for kw in calls)
+
+
+def test_shared_hae_steps_and_their_smoke_override():
+    assert zoo.shared_hae_steps({}) == (700, 20, 20, 20)
+    assert zoo.shared_hae_steps({"LAB_HAE_STEPS": "2,1,0,1"}) == (2, 1, 0, 1)
+    for bad in ("2,1,1", "0,1,1,1", "2,-1,1,1"):
+        with pytest.raises(ValueError, match="LAB_HAE_STEPS"):
+            zoo.shared_hae_steps({"LAB_HAE_STEPS": bad})
+
+
+def test_at_stage_gives_the_weights_a_stage_ended_with(tiny_zoo):
+    """Notebook 07 judges stage 1 on the same run it shows after stage 4: at_stage(ae, folder, 1)
+    has the stage-1 checkpoint's stem and decoder, the model itself keeps stage 4's."""
+    from lab.autoencoders.stages import at_stage
+    ae = zoo.hae(n=4, size=32, steps=2, stage2_steps=0, stage3_steps=2, stage4_steps=0, batch_size=2,
+                 lpips_weight=0.0)
+    folder = zoo.recipe_dir("hae", ae.recipe)
+    one = at_stage(ae, str(folder), 1)
+    assert _same(_weights(folder, 1, "decoder"), one.decoder.state_dict())
+    assert _same(_weights(folder, 3, "decoder"), ae.decoder.state_dict())
+    assert not _same(one.decoder.state_dict(), ae.decoder.state_dict()) and not one.training
+    with pytest.raises(FileNotFoundError, match="stage2"):
+        at_stage(ae, str(folder), 2)

@@ -19,6 +19,7 @@ that was never killed. Each stage checkpoints under out_dir/stage<k>/ (lab.train
 stage that starts without its own checkpoint takes the weights of the newest earlier stage found
 under out_dir, and writes its training curves to out_dir/tb/stage<k>/ (TensorBoard: one run per stage).
 """
+import copy
 import os
 
 import torch
@@ -160,3 +161,14 @@ def train_stages(ae, data, steps=(100, 20, 20, 20), *, lr=5e-4, lr_scale=STAGE_L
                                   seed=seed, progress=progress, **kw)
         warmed = warmed or stage >= 2
     return hist
+
+
+def at_stage(ae, out_dir, stage):
+    """A copy of `ae` (eval mode) with the weights its run under out_dir had at the end of `stage`:
+    how notebook 07 judges stem_vs_patch at stage 1 (HAE Tab. 5) on the same run it shows after stage 4."""
+    path = latest_checkpoint(os.path.join(out_dir, f"stage{stage}"))
+    if path is None:
+        raise FileNotFoundError(f"no stage{stage} checkpoint under {out_dir}: stage={stage} did not run there")
+    out = copy.deepcopy(ae)
+    load_checkpoint(path, out.checkpoint_modules(), restore_rng=False)
+    return out.eval()
