@@ -27,17 +27,29 @@ def _swap(df):  # 01: the probe's distance table; the median per seed, distance 
         yield s, {claims.swap_key(metric, names[variant]): v}
 
 
+def _coords(df, coords):
+    """The rows of one coordinate system; a table without `coords` holds raw tokens (02 before issue 23)."""
+    if "coords" not in df.columns:
+        return df if coords == "raw" else df.iloc[:0]
+    return df[df.coords == coords]
+
+
 def _radial_share(stats, dips, shares):  # 02: probes.norm_stats / linear_path_norm_dip / radial_share_along_t
+    if "coords" in dips.columns:  # the dip is a raw-token statistic; keep its meaning
+        dips = _coords(dips, "raw") if (dips.coords == "raw").any() else dips
     dip_of = dict(iter(dips.groupby(["autoencoder", "seed"], sort=False)))
-    share_of = dict(iter(shares.groupby(["autoencoder", "seed"], sort=False)))
+    share_of = {c: dict(iter(_coords(shares, c).groupby(["autoencoder", "seed"], sort=False)))
+                for c in claims.COORDS}
     for (name, s), st in stats.groupby(["autoencoder", "seed"], sort=False):
-        raw, dip, share = st[st.preprocess == "raw"].iloc[0], dip_of[(name, s)], share_of[(name, s)]
+        raw, dip = st[st.preprocess == "raw"].iloc[0], dip_of[(name, s)]
         one = {f"{name}_norm_cv_raw": raw.cv, f"{name}_norm_mean_over_shell_raw": raw.mean_over_shell,
                f"{name}_dip_mid": dip.rel_nearest_mean.iloc[(dip.t - 0.5).abs().values.argmin()]}
-        for path in ("linear", "shell", "slerp"):
-            sh = share[share.path == path].share_mean
-            one.update({claims.share_key(name, path, "start"): sh.iloc[0], claims.share_key(name, path, "end"):
-                        sh.iloc[-1], claims.share_key(name, path, "max"): sh.max()})
+        for coords, of in share_of.items():
+            share = of.get((name, s))
+            for path in ("linear", "shell", "slerp") if share is not None else ():
+                sh = share[share.path == path].sort_values("t").share_mean
+                one.update({claims.share_key(name, path, w, coords): v for w, v in
+                            (("start", sh.iloc[0]), ("end", sh.iloc[-1]), ("max", sh.max()))})
         yield s, one
 
 
@@ -46,37 +58,51 @@ def _linear_probe(df):  # 03: one row per encoder, pool and seed
         yield s, {claims.probe_key(r.encoder, r.pool): r.accuracy}
 
 
-def _generation(df):  # 05: the quality rows of the generators (config, seed, FD, norm CV, CFG agreement)
-    for s, r in _rows(df, ("config", "fd_images", "fd_tokens", "norm_cv", "class_agreement")):
-        yield s, {claims.fd_key("images", r.config): r.fd_images, claims.fd_key("tokens", r.config): r.fd_tokens,
-                  f"norm_cv_{r.config}": r.norm_cv, f"class_agreement_cfg_{r.config}": r.class_agreement}
+GEN_METRICS = ("fd_images", "kid_images", "precision", "recall", "class_agreement", "fd_tokens")
 
 
-def _class_agreement(df):  # 05: the agreement table; its no-CFG rows (the CFG ones come with `generation`)
+def _generation(df):  # 05: one row per (config, seed, protocol); the protocol each ran, unseeded
+    for s, r in _rows(df, ("config", "protocol", "method", "steps", "cfg_scale", "cfg_interval") + GEN_METRICS):
+        yield s, {claims.gen_key(x, r.config, r.protocol): getattr(r, x) for x in GEN_METRICS}
+    for proto, d in df.groupby("protocol", sort=False):
+        r = d.iloc[0]
+        yield None, {f"regime_{proto}": f"{r.method}, {int(r.steps)} steps, CFG {float(r.cfg_scale):g} on t in "
+                                        f"{r.cfg_interval}"}
+
+
+def _class_agreement(df):  # 05: the agreement table; its no-CFG rows (the guided ones come with `generation`)
     for s, r in _rows(df[df.guidance == "no CFG"], ("config", "class_agreement")):
         yield s, {f"class_agreement_nocfg_{r.config}": r.class_agreement}
 
 
-def _samplers(df, steps):  # 05: every seed at `steps`; the step sweep on the first seed, unseeded
-    for s, r in _rows(df[df.steps == steps], ("method", "fd_images", "fd_tokens")):
-        yield s, {claims.sampler_key("images", r.method): r.fd_images,
-                  claims.sampler_key("tokens", r.method): r.fd_tokens}
+SAMPLER_METRICS = ("fd_images", "fd_tokens", "kid_images", "class_agreement")
+
+
+def _samplers(df, steps):  # 05: every seed at `steps`, unguided; the step sweep on the first seed, unseeded
+    for s, r in _rows(df[df.steps == steps], ("method",) + SAMPLER_METRICS):
+        yield s, {claims.sampler_key(x, r.method): getattr(r, x) for x in SAMPLER_METRICS}
     first = df[df.seed == df.seed.min()]
-    yield None, {f"fd_images_{r.method}_{r.steps}steps": r.fd_images for r in first.itertuples()}
+    yield None, {f"{x}_{r.method}_{r.steps}steps": getattr(r, x) for r in first.itertuples()
+                 for x in ("fd_images", "kid_images")}
+    yield None, {"protocol_samplers": f"unguided (DINO-SAE), {int(steps)} steps"}
 
 
-def _u_curve(df):  # 06: per latents and seed, FD at the lowest, highest and best interior decode scale
-    for (name, s), g in df.groupby(["latents", "seed"], sort=False):
-        fd = g.fd_generated
-        yield s, {claims.u_key(name, "fd_low"): fd.iloc[0], claims.u_key(name, "fd_high"): fd.iloc[-1],
-                  claims.u_key(name, "fd_best_interior"): fd.iloc[1:-1].min(),
-                  f"u_{name}_best_scale": g.scale.iloc[fd.values.argmin()]}
+def _u_curve(df):  # 06: per latents and seed, KID and FD at the lowest, highest and best interior scale
+    for (name, s), g in df.sort_values("scale").groupby(["latents", "seed"], sort=False):
+        one = {f"u_{name}_best_scale": g.scale.iloc[g.kid_generated.values.argmin()]}
+        for metric, col in (("kid", g.kid_generated), ("fd", g.fd_generated)):
+            one.update({claims.u_key(name, f"{metric}_low"): col.iloc[0], claims.u_key(name, f"{metric}_high"):
+                        col.iloc[-1], claims.u_key(name, f"{metric}_best_interior"): col.iloc[1:-1].min()})
+        yield s, one
 
 
-def _stem_and_alignment(df):  # 07: the HAE arms' reconstruction, token cosine and probe
+def _stem_and_alignment(df):  # 07: the HAE arms at stage 1 and after all stages (the last stage logged)
+    last = df.stage.max() if "stage" in df.columns else None
     for s, r in _rows(df, ("model", "psnr", "ssim", "lpips", "token_cos", "probe_gap")):
-        yield s, {**{claims.recon_key(x, r.model): getattr(r, x) for x in ("psnr", "ssim", "lpips")},
-                  f"token_cos_{r.model}": r.token_cos, f"probe_gap_{r.model}": r.probe_gap}
+        stage = getattr(r, "stage", None)
+        st = None if stage == last and (last is None or last > 1) else stage
+        yield s, {claims.recon_key(x, r.model, st): getattr(r, x)
+                  for x in ("psnr", "ssim", "lpips", "token_cos", "probe_gap")}
 
 
 def _latent_noise(df):  # 07: PSNR per arm and seed on clean latents (σ = 0) and at the largest σ
@@ -85,14 +111,22 @@ def _latent_noise(df):  # 07: PSNR per arm and seed on clean latents (σ = 0) an
                   claims.noise_key("psnr_noisy", arm): d.psnr[d.sigma == d.sigma.max()].iloc[0]}
 
 
-def _latent_noise_generation(df):  # 07: FD-effnet of each decoder on the same generated latents
-    for s, r in _rows(df, ("arm", "fd_images")):
-        yield s, {claims.noise_key("fd_images", r.arm): r.fd_images}
+def _latent_noise_generation(df):  # 07: KID and FD-effnet of each decoder on the same generated latents
+    for s, r in _rows(df, ("arm", "fd_images", "kid_images")):
+        yield s, {claims.noise_key(x, r.arm): getattr(r, x) for x in ("fd_images", "kid_images")}
 
 
-def _gae_alignment(df):  # 07
-    for s, r in _rows(df, ("align", "psnr", "probe_gap", "probe_flatten")):
-        yield s, {claims.gae_key(r.align, x): getattr(r, x) for x in ("psnr", "probe_gap", "probe_flatten")}
+def _gae_alignment(df):  # 07: per align and latent_reg (norm: GAE's RMS normalisation; kl: GAE Tab. 7)
+    for s, r in _rows(df, ("align", "psnr", "ssim", "lpips", "probe_gap", "probe_flatten")):
+        yield s, {claims.gae_key(r.align, x, getattr(r, "latent_reg", "norm")): getattr(r, x)
+                  for x in ("psnr", "ssim", "lpips", "probe_gap", "probe_flatten")}
+
+
+def _arms(key, columns):  # 07's ddt_head and shift tables: one row per arm and seed
+    def read(df):
+        for s, r in _rows(df, ("arm",) + columns):
+            yield s, {key(x, r.arm): getattr(r, x) for x in columns}
+    return read
 
 
 def _width(df):  # 08: loss and closed-form floor per width and seed
@@ -103,7 +137,9 @@ def _width(df):  # 08: loss and closed-form floor per width and seed
 TABLES = {"swap": _swap, "radial_share": _radial_share, "linear_probe": _linear_probe, "generation": _generation,
           "class_agreement": _class_agreement, "samplers": _samplers, "u_curve": _u_curve,
           "stem_and_alignment": _stem_and_alignment, "latent_noise": _latent_noise,
-          "latent_noise_generation": _latent_noise_generation, "gae_alignment": _gae_alignment, "width": _width}
+          "latent_noise_generation": _latent_noise_generation, "gae_alignment": _gae_alignment, "width": _width,
+          "ddt_head": _arms(claims.ddt_key, ("kid_images", "fd_images")),
+          "shift": _arms(claims.shift_key, ("kid_images", "fd_images", "alpha"))}
 
 
 def log(run, extra=None, **tables):

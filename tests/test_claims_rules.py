@@ -33,8 +33,8 @@ def judged(claim_id, values, **extra):
 
 def test_verdict_strings_are_the_reports_words():
     assert C.VERDICTS == ("supported", "not shown at this scale", "reversed at this scale",
-                          "mixed (the metrics disagree)", "no run yet", "not measured here",
-                          "no verdict (dirty tree)")
+                          "mixed (the primary metric's sub-tests disagree)", "not measured at CPU scale",
+                          "no run yet", "not measured here", "no verdict (dirty tree)")
 
 
 def test_no_values_give_no_interval_and_no_verdict():
@@ -50,9 +50,9 @@ def test_interval_level():
 
 def test_test_text_exact():
     t = C.Test("d: a − b", (0, 1), (2.0, 2.0))
-    assert t.text() == "d: a − b: mean 2, seeds [2, 2], 95% CI [2, 2] → supported"
+    assert t.text() == "d: a − b: mean 2, seeds [2, 2], 95% CI [2, 2] (±0 at 2 seeds) → supported"
     info = C.Test("info", (0, 1), (-0.5, -0.5), judged=False)
-    assert info.text() == "info: mean -0.5, seeds [-0.5, -0.5], 95% CI [-0.5, -0.5] (not judged)"
+    assert info.text() == "info -0.5 [-0.5, -0.5]"
     one = C.Test("one", (3,), (0.25,))
     assert one.text() == "one: mean 0.25, seeds [0.25], 95% CI unbounded (1 seed) → not shown at this scale"
 
@@ -77,8 +77,8 @@ def test_distance_tag_of_other_metrics():
 # ----------------------------------------------------------------------------------------------
 
 def test_judge_notes_exact():
-    assert C.judge(C.BY_ID["ddt_head"], {}) == ([], C.NOT_MEASURED, "no notebook measures this")
-    assert C.judge(C.BY_ID["shift"], {}) == ([], C.NO_RUN, "not logged: fd_images_riemannian_l0.1, fd_images_noshift")
+    assert C.judge(C.BY_ID["ddt_head"], {}) == ([], C.NO_RUN, "not logged: ddt_kid_images_plain, ddt_kid_images_ddt")
+    assert C.judge(C.BY_ID["shift"], {}) == ([], C.NO_RUN, "not logged: shift_kid_images_shift, shift_kid_images_noshift")
     assert C.judge(C.BY_ID["u_curve"], {}) == ([], C.NO_RUN, "the run logs none of the values this rule reads")
 
 
@@ -102,11 +102,11 @@ def test_swap_rows():
     assert [(t.label, t.judged, t.seeds) for t in tests] == [
         ("lpips: 0.5× whole neighbour − (anchor dir + neighbour radius)", True, (0, 1)),
         ("lpips: (anchor radius + neighbour dir) − 0.75× whole neighbour", True, (0, 1)),
-        ("dino: 0.5× whole neighbour − (anchor dir + neighbour radius)", True, (0, 1)),
-        ("dino: (anchor radius + neighbour dir) − 0.75× whole neighbour", True, (0, 1))]
+        ("dino: 0.5× whole neighbour − (anchor dir + neighbour radius)", False, (0, 1)),
+        ("dino: (anchor radius + neighbour dir) − 0.75× whole neighbour", False, (0, 1))]
     want = [0.25 - 0.125, 0.5 - 0.375, 0.5 - 0.375, 0.25 - 0.75]
     assert [t.values for t in tests] == [pytest.approx((w, w), abs=1e-12) for w in want]
-    assert (v, note) == (MIX, "")
+    assert (v, note) == (S, "")  # DINO's reversed half is shown, not judged
 
 
 def shares(linear, slerp_max, names=("dino", "vae")):
@@ -147,86 +147,112 @@ def test_probe_rows():
     assert (v, note) == (R, "")
 
 
-def recon(ours, base, deltas):
+def recon(ours, base, deltas, stage=None):
     vals = {}
     for metric, d in zip(("psnr", "ssim", "lpips"), deltas):
-        vals[C.recon_key(metric, base)] = 0.5
-        vals[C.recon_key(metric, ours)] = 0.5 + d
+        vals[C.recon_key(metric, base, stage)] = 0.5
+        vals[C.recon_key(metric, ours, stage)] = 0.5 + d
     return vals
 
 
-@pytest.mark.parametrize("ours, base", [("conv_cosine", "patch_cosine"), ("conv_cosine", "conv_mse")])
 @pytest.mark.parametrize("deltas, want", [
-    ((0.25, 0.125, -0.0625), S),
-    ((0.25, 0.125, 0.0625), MIX),     # LPIPS is lower-is-better: higher LPIPS goes against ours
-    ((-0.25, 0.125, -0.0625), MIX),
-    ((0.25, -0.125, -0.0625), MIX),
-    ((0.25, 0.0, -0.0625), N),
-    ((-0.25, -0.125, 0.0625), R),
+    ((0.25, -0.125, 0.0625), S),     # only PSNR at stage 1 votes
+    ((0.0, 0.125, -0.0625), N),
+    ((-0.25, 0.125, -0.0625), R),
 ])
-def test_recon_rule_built_afresh(ours, base, deltas, want):
-    rule = C._recon_rule(ours, base)
-    tests, v, note = rule(seeded(recon(ours, base, deltas)))
+def test_recon_rule_built_afresh(deltas, want):
+    ours, base = "conv_cosine", "patch_cosine"
+    rule = C._recon_rule(ours, base, "psnr", stage=1)
+    vals = {**recon(ours, base, deltas, stage=1), **recon(ours, base, (1.0, 1.0, 1.0))}
+    tests, v, note = rule(seeded(vals))
     d_psnr, d_ssim, d_lpips = deltas
     assert rows(tests) == [
-        (f"psnr: {ours} vs {base} (higher is better)", True, (0, 1), (d_psnr, d_psnr)),
-        (f"ssim: {ours} vs {base} (higher is better)", True, (0, 1), (d_ssim, d_ssim)),
-        (f"lpips: {ours} vs {base} (lower is better)", True, (0, 1), (-d_lpips, -d_lpips))]
+        (f"psnr (stage 1): {ours} vs {base} (higher is better)", True, (0, 1), (d_psnr, d_psnr)),
+        (f"ssim (stage 1): {ours} vs {base} (higher is better)", False, (0, 1), (d_ssim, d_ssim)),
+        (f"lpips (stage 1): {ours} vs {base} (lower is better)", False, (0, 1), (-d_lpips, -d_lpips)),
+        (f"psnr (after all stages): {ours} vs {base} (higher is better)", False, (0, 1), (1.0, 1.0)),
+        (f"ssim (after all stages): {ours} vs {base} (higher is better)", False, (0, 1), (1.0, 1.0)),
+        (f"lpips (after all stages): {ours} vs {base} (lower is better)", False, (0, 1), (-1.0, -1.0))]
     assert v == want and note == "rFID not measured (too few images at CPU size)"
-    # the registry's rules are the same function of the same keys
-    claim = {"patch_cosine": "stem_vs_patch", "conv_mse": "cosine_vs_mse"}[base]
-    assert C.judge(C.BY_ID[claim], seeded(recon(ours, base, deltas)))[1:] == (v, note)
+    assert C.judge(C.BY_ID["stem_vs_patch"], seeded(vals))[1:] == (v, note)
+    # after all stages only (no stage-1 rows logged): cosine_vs_mse's LPIPS
+    rule = C._recon_rule(ours, "conv_mse", "lpips")
+    tests, v, note = rule(seeded(recon(ours, "conv_mse", deltas)))
+    assert [(t.label, t.judged) for t in tests] == [
+        (f"psnr (after all stages): {ours} vs conv_mse (higher is better)", False),
+        (f"ssim (after all stages): {ours} vs conv_mse (higher is better)", False),
+        (f"lpips (after all stages): {ours} vs conv_mse (lower is better)", True)]
+
+
+def gen(metric, pairs, protocol="paper"):
+    return {C.gen_key(metric, c, protocol): v for c, v in pairs}
 
 
 def test_euclid_riemann_rows():
-    r = C.lambda_config(0.1)
-    vals = {C.fd_key("images", r): 30.0, C.fd_key("images", "euclidean"): 40.0,
-            C.fd_key("tokens", r): 2.5, C.fd_key("tokens", "euclidean"): 2.0}
+    r, e = C.lambda_config(0.1), "euclidean"
+    vals = {**gen(C.KID, ((r, 0.03), (e, 0.04))), **gen("fd_images", ((r, 30.0), (e, 40.0))),
+            **gen("fd_tokens", ((r, 2.5), (e, 2.0))), **gen("class_agreement", ((r, 0.5), (e, 0.625))),
+            **gen(C.KID, ((r, 0.25), (e, 0.125)), "cfg4")}
     tests, v, note = judged("euclid_vs_riemann", vals)
-    assert rows(tests) == [("FD-effnet: euclidean − riemannian λ=0.1", True, (0, 1), (10.0, 10.0)),
-                           ("FD-tokens: euclidean − riemannian λ=0.1", False, (0, 1), (-0.5, -0.5))]
+    assert rows(tests) == [
+        ("KID: euclidean − riemannian λ=0.1", True, (0, 1), pytest.approx((0.01, 0.01))),
+        ("FD-effnet: euclidean − riemannian λ=0.1", False, (0, 1), (10.0, 10.0)),
+        ("FD-tokens: euclidean − riemannian λ=0.1", False, (0, 1), (-0.5, -0.5)),
+        ("class agreement: euclidean − riemannian λ=0.1", False, (0, 1), (-0.125, -0.125)),
+        ("KID with CFG 4: euclidean − riemannian λ=0.1", False, (0, 1), (-0.125, -0.125))]
     assert (v, note) == (S, "")
+    assert tests[0].base_mean == 0.04 and tests[0].paper.source == "gFID 15.95 → 2.65"
 
 
 def test_lambda_rows():
-    vals = {C.fd_key("images", C.lambda_config(x)): f for x, f in ((0.0, 4.5), (0.1, 4.0), (1.0, 5.75))}
+    vals = gen(C.KID, [(C.lambda_config(x), f) for x, f in ((0.0, 4.5), (0.1, 4.0), (1.0, 5.75))])
     tests, v, note = judged("lambda_sweep", vals)
-    assert rows(tests) == [("FD-effnet: λ=0.0 − λ=0.1", True, (0, 1), (0.5, 0.5)),
-                           ("FD-effnet: λ=1.0 − λ=0.1", True, (0, 1), (1.75, 1.75))]
+    assert rows(tests) == [("KID: λ=0.0 − λ=0.1", True, (0, 1), (0.5, 0.5)),
+                           ("KID: λ=1.0 − λ=0.1", True, (0, 1), (1.75, 1.75))]
     assert (v, note) == (S, "")
+    assert [t.paper.source for t in tests] == ["gFID 4.4 → 3.9", "gFID 5.7 → 3.9"]
 
 
 def test_sampler_rows():
-    vals = {C.sampler_key("images", "euler_project"): 20.0, C.sampler_key("images", "expmap"): 21.5,
-            C.sampler_key("tokens", "euler_project"): 2.5, C.sampler_key("tokens", "expmap"): 2.0}
+    vals = {C.sampler_key(C.KID, "euler_project"): 0.5, C.sampler_key(C.KID, "expmap"): 0.25,
+            C.sampler_key("fd_tokens", "euler_project"): 2.0, C.sampler_key("fd_tokens", "expmap"): 2.5}
     tests, v, note = judged("sampler", vals)
-    assert rows(tests) == [("FD-effnet: exp map − Euler+projection", True, (0, 1), (1.5, 1.5)),
-                           ("FD-tokens: exp map − Euler+projection", True, (0, 1), (-0.5, -0.5))]
-    assert (v, note) == (MIX, "the λ = 0.1 generator (its radial output trained), sample_steps steps")
+    assert rows(tests) == [("KID: exp map − Euler+projection", True, (0, 1), (-0.25, -0.25)),
+                           ("FD-tokens: exp map − Euler+projection", False, (0, 1), (0.5, 0.5))]
+    assert (v, note) == (R, "the λ = 0.1 generator (its radial output trained)")
+    assert tests[0].paper is None and tests[0].text().endswith("→ reversed at this scale")
 
 
 def test_u_curve_rows():
-    vals = {C.u_key("hae", "fd_low"): 30.0, C.u_key("hae", "fd_best_interior"): 8.0, C.u_key("hae", "fd_high"): 7.5,
-            C.u_key("gae", "fd_low"): 9.0, C.u_key("gae", "fd_best_interior"): 8.0, C.u_key("gae", "fd_high"): 10.0}
+    vals = {}
+    for name, low, best, high in (("hae", 30.0, 8.0, 7.5), ("gae", 9.0, 8.0, 10.0)):
+        for metric in ("kid", "fd"):
+            vals.update({C.u_key(name, f"{metric}_low"): low, C.u_key(name, f"{metric}_best_interior"): best,
+                         C.u_key(name, f"{metric}_high"): high})
     tests, v, note = judged("u_curve", vals)
-    assert rows(tests) == [("hae: FD at the low scale − best interior FD", True, (0, 1), (22.0, 22.0)),
-                           ("hae: FD at the high scale − best interior FD", True, (0, 1), (-0.5, -0.5)),
-                           ("gae: FD at the low scale − best interior FD", False, (0, 1), (1.0, 1.0)),
-                           ("gae: FD at the high scale − best interior FD", False, (0, 1), (2.0, 2.0))]
-    assert v == MIX
-    assert note == "judged on the HAE student where measured (the paper's setting), else GAE"
+    assert [(t.label, t.judged) for t in tests] == [
+        ("hae: KID at the low scale − best interior KID", True), ("hae: KID at the high scale − best interior KID", True),
+        ("hae: FD at the low scale − best interior FD", False), ("hae: FD at the high scale − best interior FD", False),
+        ("gae: KID at the low scale − best interior KID", False), ("gae: KID at the high scale − best interior KID", False),
+        ("gae: FD at the low scale − best interior FD", False), ("gae: FD at the high scale − best interior FD", False)]
+    assert tests[0].values == (22.0, 22.0) and tests[1].values == (-0.5, -0.5)
+    assert v == MIX and note == "judged on the HAE student where measured (the paper's setting), else GAE"
+    assert tests[0].paper.source == "gFID 7.36 → 2.65" and tests[1].paper is None
 
 
 def test_noise_rows():
     vals = {C.noise_key("psnr_clean", "clean_trained"): 30.0, C.noise_key("psnr_clean", "noise_trained"): 29.5,
             C.noise_key("psnr_noisy", "clean_trained"): 15.0, C.noise_key("psnr_noisy", "noise_trained"): 22.0,
+            C.noise_key(C.KID, "clean_trained"): 0.5, C.noise_key(C.KID, "noise_trained"): 0.25,
             C.noise_key("fd_images", "clean_trained"): 50.0, C.noise_key("fd_images", "noise_trained"): 52.0}
     tests, v, note = judged("noise_tradeoff", vals)
+    label = "clean-trained − noise-trained decoder on the same generated latents"
     assert rows(tests) == [
-        ("PSNR at the largest σ: noise-trained − clean-trained", True, (0, 1), (7.0, 7.0)),
-        ("PSNR on clean latents: noise-trained − clean-trained + 1.0 dB", True, (0, 1), (0.5, 0.5)),
-        ("generation FD-effnet: clean-trained − noise-trained decoder", True, (0, 1), (-2.0, -2.0))]
-    assert (v, note) == (MIX, "")
+        (f"KID: {label}", True, (0, 1), (0.25, 0.25)),
+        (f"FD-effnet: {label}", False, (0, 1), (-2.0, -2.0)),
+        ("PSNR at the largest σ: noise-trained − clean-trained", False, (0, 1), (7.0, 7.0)),
+        ("PSNR on clean latents: noise-trained − clean-trained + 1.0 dB", False, (0, 1), (0.5, 0.5))]
+    assert (v, note) == (S, "")
 
 
 def test_width_rows_with_three_narrow_widths():
@@ -248,20 +274,22 @@ def test_width_rows_with_three_narrow_widths():
 
 
 def test_shift_rows():
-    vals = {C.fd_key("images", C.lambda_config(0.1)): 4.75, C.fd_key("images", "noshift"): 23.0}
+    vals = {C.shift_key(C.KID, "shift"): 4.75, C.shift_key(C.KID, "noshift"): 23.0}
     tests, v, note = judged("shift", vals)
-    assert rows(tests) == [("FD-effnet: no shift − shift (λ = 0.1)", True, (0, 1), (18.25, 18.25))]
+    assert rows(tests) == [("KID: no shift − shift", True, (0, 1), (18.25, 18.25))]
     assert (v, note) == (S, "")
 
 
 def test_gae_alignment_rows():
     vals = {}
-    for a, probe, psnr in (("pre", 0.25, 27.0), ("post", 0.5, 26.5), ("latent", 0.625, 26.0)):
-        vals[C.gae_key(a, "probe_gap")], vals[C.gae_key(a, "psnr")] = probe, psnr
+    for a, flat, gap, psnr in (("pre", 0.25, 0.5, 27.0), ("post", 0.5, 0.5, 26.5), ("latent", 0.625, 0.25, 26.0)):
+        vals[C.gae_key(a, "probe_flatten")], vals[C.gae_key(a, "probe_gap")], vals[C.gae_key(a, "psnr")] = flat, gap, psnr
     tests, v, note = judged("gae_alignment", vals)
-    assert rows(tests) == [("probe: latent − pre", True, (0, 1), (0.375, 0.375)),
-                           ("probe: latent − post", True, (0, 1), (0.125, 0.125)),
-                           ("PSNR: pre − latent (pre reconstructs slightly better)", True, (0, 1), (1.0, 1.0))]
+    assert rows(tests) == [("Flatten probe: latent − pre", True, (0, 1), (0.375, 0.375)),
+                           ("Flatten probe: latent − post", True, (0, 1), (0.125, 0.125)),
+                           ("GAP probe: latent − pre", False, (0, 1), (-0.25, -0.25)),
+                           ("GAP probe: latent − post", False, (0, 1), (-0.25, -0.25)),
+                           ("PSNR: pre − latent (pre reconstructs slightly better)", False, (0, 1), (1.0, 1.0))]
     assert (v, note) == (S, "")
 
 
