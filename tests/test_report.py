@@ -63,12 +63,18 @@ def seeded(values, seeds=(0, 1, 2)):
     return m
 
 
+def kid(config):
+    return C.gen_key(C.KID, config, "paper")
+
+
 def fm_vals(riem, eucl, l0=None, l1=None):
-    vals = {C.fd_key("images", C.lambda_config(0.1)): riem, C.fd_key("images", "euclidean"): eucl}
+    vals = {kid(C.lambda_config(0.1)): riem, kid("euclidean"): eucl,
+            C.gen_key("fd_images", "euclidean", "paper"): [100.0, 150.0, 200.0],
+            C.gen_key("fd_images", C.lambda_config(0.1), "paper"): [147.0, 148.1, 226.0]}
     if l0 is not None:
-        vals[C.fd_key("images", C.lambda_config(0.0))] = l0
-        vals[C.fd_key("images", C.lambda_config(1.0))] = l1
-    return seeded(vals)
+        vals[kid(C.lambda_config(0.0))] = l0
+        vals[kid(C.lambda_config(1.0))] = l1
+    return {**seeded(vals), "shift_alpha": 1.0, "protocol_paper": "CFG 1.1 (HAE App. E), 50 Euler steps"}
 
 
 def probe(teacher, student):
@@ -96,6 +102,8 @@ def scene(tmp_path_factory):
                                    for p, w, v in (("linear", "start", 0.5), ("linear", "end", 0.45),
                                                    ("slerp", "max", 0.0))}), dirty=True)
     s["probe"] = make_run(root, "03_linear_probe", {"n": 4}, probe(0.9, 0.6))
+    s["ae"] = make_run(root, "07_ae_ablations", {"n": 4}, {C.cpu_key("ddt_head"): "needs a 384-wide head; lab run X",
+                                                           "unrelated": 1.0})
     s["width"] = make_run(root, "08_width", {"n": 4}, seeded({C.width_key("loss", 8): 0.8}))  # no token_dim
     s["alive"] = make_run(root, "01_direction_magnitude", {"n": 4}, status="running")
     out = tmp_path_factory.mktemp("out") / "reports"
@@ -116,8 +124,8 @@ def test_experiment_table_holds_latest_done_run_per_parameter_set(scene):
     csv = pd.read_csv(out / "runs.csv")
     assert csv["run"].tolist() == [scene["new"].id, scene["other"].id]
     assert csv["param.steps"].tolist() == [10, 20]
-    assert csv[C.seed_key(C.fd_key("images", C.lambda_config(0.1)), 1)].tolist()[0] == 12.5
-    assert csv[C.seed_key(C.fd_key("images", C.lambda_config(0.0)), 0)].tolist()[0] == 14.0
+    assert csv[C.seed_key(kid(C.lambda_config(0.1)), 1)].tolist()[0] == 12.5
+    assert csv[C.seed_key(kid(C.lambda_config(0.0)), 0)].tolist()[0] == 14.0
     # the figure is copied and captioned with run, commit, device and parameters
     fig = out / "figures" / scene["new"].id / "samples.png"
     assert fig.read_bytes() == (scene["new"].dir / "figures" / "samples.png").read_bytes()
@@ -133,12 +141,15 @@ def test_claims_index_has_verdicts_and_provenance(scene):
     claims = pd.read_csv(scene["out"] / "claims.csv").set_index("claim")
     assert list(claims.index) == [c.id for c in C.CLAIMS]
     new = scene["new"]
-    ours = "ours (mean, per-seed values, 95% CI of the paired difference)"
+    ours = report.OURS
     # the latest done run that logs the keys: not `old` (superseded), `other` (lacks them), `failed`
     row = claims.loc["euclid_vs_riemann"]
     assert row["verdict"] == SUPPORTED and row["run"] == f"05_flow_matching/{new.id}"
     assert row["paper"] == "HAE, Tab. 4" and row["paper's number"] == "gFID 15.95 (Euclidean) vs 2.65 (Riemannian)"
-    assert row[ours].startswith("FD-effnet: euclidean − riemannian λ=0.1: mean 8.5, seeds [8.5, 8, 9], 95% CI [")
+    assert row[ours].startswith("KID: euclidean − riemannian λ=0.1: mean 8.5, seeds [8.5, 8, 9], 95% CI [7.26, 9.74] "
+                                "(±1.24 at 3 seeds) → supported; also: FD-effnet: euclidean − riemannian λ=0.1 ")
+    assert row[ours].endswith("regime: time shift α = 1; sampling: CFG 1.1 (HAE App. E), 50 Euler steps")
+    assert row["primary metric"] == C.BY_ID["euclid_vs_riemann"].primary and "KID" in row["primary metric"]
     assert row["seeds"] == "3 (0, 1, 2)"
     assert claims.loc["lambda_sweep", "verdict"] == SUPPORTED  # λ=0: +2 / +1.5 / +2.5, CI [0.76, 3.24]
     assert claims.loc["lambda_sweep", "paper"] == "HAE, Tab. 6"
@@ -149,24 +160,28 @@ def test_claims_index_has_verdicts_and_provenance(scene):
     assert "dino linear share at the noise end − 0.35: mean 0.15" in claims.loc["radial_share", ours]
     for cid, msg in [
             ("u_curve", "no finished run of 06_decoder_scale"),
-            ("stem_vs_patch", "no finished run of 07_ae_ablations"),
-            ("noise_tradeoff", "no finished run of 07_ae_ablations"),
+            ("stem_vs_patch", "finished runs of 07_ae_ablations: not logged: psnr_conv_cosine_stage1, "
+                              "psnr_patch_cosine_stage1"),
+            ("noise_tradeoff", "finished runs of 07_ae_ablations: not logged: noise_kid_images_clean_trained, "
+                               "noise_kid_images_noise_trained"),
             ("swap_asymmetry", "no finished run of 01_direction_magnitude"),  # only a running run
             ("width_check", "finished runs of 08_width: not logged: token_dim"),
-            ("sampler", "finished runs of 05_flow_matching: not logged: fd_images_sampler_euler_project, "
-                        "fd_images_sampler_expmap, fd_tokens_sampler_euler_project, fd_tokens_sampler_expmap")]:
+            ("sampler", "finished runs of 05_flow_matching: not logged: kid_images_sampler_euler_project, "
+                        "kid_images_sampler_expmap")]:
         assert claims.loc[cid, "verdict"] == report.NO_RUN, cid
         assert claims.loc[cid, ours] == msg, cid
         assert pd.isna(claims.loc[cid, "run"]), cid
-    assert claims.loc["ddt_head", "verdict"] == report.NOT_MEASURED
+    assert claims.loc["ddt_head", "verdict"] == report.NOT_CPU  # the run said why and how
+    assert claims.loc["ddt_head", ours] == "needs a 384-wide head; lab run X"
+    assert claims.loc["ddt_head", "run"] == f"07_ae_ablations/{scene['ae'].id}"
     assert (f"  Ours: run `05_flow_matching/{new.id}`, commit `{report.commit_text(new)}`, device "
             f"`{new.meta['device']}`, parameters `steps=10, path='slerp'`") in readme
     assert "- `lambda_sweep` (HAE: Hyperspherical Autoencoder (../shared/papers/000_*), Tab. 6)" in readme
     assert "(text lost: the λ symbols" in readme
     assert "  Ours: finished runs of 08_width: not logged: token_dim" in readme
     n = scene["summary"]["claims"]
-    assert (n[SUPPORTED], n[REVERSED], n[report.DIRTY], n[report.NOT_MEASURED]) == (2, 1, 1, 2)
-    assert n[report.NO_RUN] == len(C.CLAIMS) - 6
+    assert (n[SUPPORTED], n[REVERSED], n[report.DIRTY], n[report.NOT_CPU], n[report.NOT_MEASURED]) == (2, 1, 1, 1, 0)
+    assert n[report.NO_RUN] == len(C.CLAIMS) - 5
     assert f"Verdicts: 2 supported, 0 not shown at this scale, 1 reversed at this scale, " in readme
 
 
@@ -224,6 +239,7 @@ def test_build_refuses_a_folder_it_did_not_write(scene, tmp_path):
 
 def test_empty_runs_folder_gives_no_run_yet_everywhere(tmp_path):
     s = report.build(tmp_path / "none", tmp_path / "out")
+    assert s["claims"][report.NOT_CPU] == 0  # every claim has a CPU recipe today
     assert s["claims"][report.NO_RUN] + s["claims"][report.NOT_MEASURED] == len(C.CLAIMS)
     assert "No finished runs yet." in (tmp_path / "out" / "README.md").read_text()
 
@@ -267,3 +283,18 @@ def test_a_report_written_before_the_move_is_ours_to_replace(tmp_path, module):
     assert report_files.legacy_owned(out, report.OUR_MARKERS) == ["README.md"]
     (out / "README.md").write_text("# someone's own notes\n")
     assert report_files.legacy_owned(out, report.OUR_MARKERS) == []
+
+
+def test_a_not_shown_row_says_its_power_and_a_gpu_only_claim_its_command(tmp_path):
+    make_run(tmp_path, "05_flow_matching", {"n": 1}, fm_vals([0.05, 0.04, 0.06], 0.05))
+    gpu = C.Claim("big", C.RAE, "Tab. 9", "s", "n", "", (),
+                  gpu_only="needs 256 px on a GPU; lab run 05_flow_matching -p image_size 256")
+    report.build(tmp_path, tmp_path / "out", claims=[C.BY_ID["euclid_vs_riemann"], gpu])
+    df = pd.read_csv(tmp_path / "out" / "claims.csv").set_index("claim")
+    row = df.loc["euclid_vs_riemann"]
+    assert row["verdict"] == NOT_SHOWN and "(±0.0248 at 3 seeds) → not shown at this scale" in row[report.OURS]
+    assert ("the paper's effect (gFID 15.95 → 2.65: -83% of our baseline 0.05 = 0.0417) was detectable at 3 seeds"
+            in row[report.OURS])
+    assert df.loc["big", "verdict"] == report.NOT_CPU and df.loc["big", report.OURS] == gpu.gpu_only
+    intro = (tmp_path / "out" / "README.md").read_text().split("## Claims")[0]
+    assert "primary metric" in intro and "minimum detectable effect" in intro and report.NOT_CPU in intro
