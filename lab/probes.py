@@ -243,6 +243,34 @@ def radial_share_along_t(z, paths=("linear", "shell", "slerp"), ts=None, seed=0)
     return pd.DataFrame(rows)
 
 
+COORDS = ("training", "raw")
+
+
+def flow_coords(z, coords="training"):
+    """z in the coordinates the radial-share probes read. 'training': per-channel standardised, as a
+    flow trains on a tokenizer's latents (Spherical FM §3.2 measures "in the flow-training coordinates,
+    after ... channel standardization"; the data shell then sits near the noise shell sqrt(C)); 'raw':
+    as encoded (raw DINO / HAE tokens sit near 2 sqrt(C), which alone puts the linear path's noise-end
+    share near C / (C + 4C) = 1/5)."""
+    check_choice("coords", coords, COORDS)
+    return standardize_channels(z.float()) if coords == "training" else z
+
+
+def radial_tables(z, coords=COORDS, ts=None, seed=0):
+    """(norm_stats, linear_path_norm_dip, radial_share_along_t) of z in each of `coords`, stacked with
+    a `coords` column in that order (the first is the primary view). ts: the times of the last two."""
+    for c in coords:
+        check_choice("coords", c, COORDS)
+    out = ([], [], [])
+    for c in coords:
+        zc = flow_coords(z, c)
+        kw = {} if ts is None else dict(ts=ts)
+        for rows, df in zip(out, (norm_stats(zc, seed=seed), linear_path_norm_dip(zc, seed=seed, **kw),
+                                  radial_share_along_t(zc, seed=seed, **kw))):
+            rows.append(df.assign(coords=c))
+    return tuple(pd.concat(rows, ignore_index=True) for rows in out)
+
+
 # ============================================================================ linear probing
 
 
