@@ -8,12 +8,16 @@ finds what the notebook logged. Each table reader below says which columns it ne
 from lab import claims, probes
 
 
-def _rows(df, columns):
-    """(seed, row) per row; the readers build their keys from the named columns."""
+def _need(df, columns):
     missing = [c for c in ("seed", *columns) if c not in df.columns]
     if missing:
         raise ValueError(f"record: the table lacks column(s) {missing}; it has {list(df.columns)}")
-    return ((int(r.seed), r) for r in df.itertuples(index=False))
+    return df
+
+
+def _rows(df, columns):
+    """(seed, row) per row; the readers build their keys from the named columns."""
+    return ((int(r.seed), r) for r in _need(df, columns).itertuples(index=False))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -88,7 +92,8 @@ def _samplers(df, steps):  # 05: every seed at `steps`, unguided; the step sweep
 
 
 def _u_curve(df):  # 06: per latents and seed, KID and FD at the lowest, highest and best interior scale
-    for (name, s), g in df.sort_values("scale").groupby(["latents", "seed"], sort=False):
+    df = _need(df, ("latents", "scale", "fd_generated", "kid_generated")).sort_values("scale")
+    for (name, s), g in df.groupby(["latents", "seed"], sort=False):
         one = {f"u_{name}_best_scale": g.scale.iloc[g.kid_generated.values.argmin()]}
         for metric, col in (("kid", g.kid_generated), ("fd", g.fd_generated)):
             one.update({claims.u_key(name, f"{metric}_low"): col.iloc[0], claims.u_key(name, f"{metric}_high"):

@@ -150,3 +150,9 @@ def test_bad_input_names_the_table_and_what_it_lacks():
         record.log(Run(), widht=pd.DataFrame())
     with pytest.raises(ValueError, match="lacks column.*'floor'"):
         record.log(Run(), width=pd.DataFrame(dict(width=[4], seed=[0], loss=[0.1])))
+
+
+def test_a_u_curve_without_kid_is_refused_by_name():
+    u = pd.DataFrame([dict(latents="gae", seed=0, scale=sc, fd_generated=1.0) for sc in (0.5, 1.0, 2.0)])
+    with pytest.raises(ValueError, match="lacks column.*'kid_generated'"):
+        record.log(Run(), u_curve=u)
