@@ -132,11 +132,11 @@ GEN_SHOWN = (("fd_images", "FD-effnet", False), ("fd_tokens", "FD-tokens", False
              ("recall", "recall", True))
 
 
-def _gen_tests(m, key, ours, base, label, shown=GEN_SHOWN):
-    """KID (judged) of `ours` against `base` under the paper's protocol; the other metrics and
-    KID with CFG 4 shown. key(metric, arm) -> metric key."""
+def _gen_tests(m, key, ours, base, label, shown=GEN_SHOWN, tag=""):
+    """KID (judged) of `ours` against `base`; the other metrics shown, labelled by name (+ `tag` where
+    a rule makes two comparisons). key(metric, arm) -> metric key."""
     tests = [paired(f"KID: {label}", m, key(KID, ours), key(KID, base), higher=False)]
-    tests += [paired(f"{name}: {label}", m, key(k, ours), key(k, base), higher=hi, judged=False)
+    tests += [paired(f"{name}{tag}", m, key(k, ours), key(k, base), higher=hi, judged=False)
               for k, name, hi in shown]
     return _shown(tests)
 
@@ -148,7 +148,7 @@ def _paper(metric, config):
 def rule_euclid_riemann(m):
     r, e = lambda_config(0.1), "euclidean"
     tests = _gen_tests(m, _paper, r, e, "euclidean − riemannian λ=0.1")
-    tests += _shown([paired("KID with CFG 4: euclidean − riemannian λ=0.1", m, gen_key(KID, r, "cfg4"),
+    tests += _shown([paired("KID with CFG 4", m, gen_key(KID, r, "cfg4"),
                             gen_key(KID, e, "cfg4"), higher=False, judged=False)])
     return tests, combine(tests), ""
 
@@ -157,7 +157,7 @@ def rule_lambda(m):
     best = lambda_config(0.1)
     tests = []
     for lam in (0.0, 1.0):
-        tests += _gen_tests(m, _paper, best, lambda_config(lam), f"λ={lam} − λ=0.1", GEN_SHOWN[:1])
+        tests += _gen_tests(m, _paper, best, lambda_config(lam), f"λ={lam} − λ=0.1", GEN_SHOWN[:1], f" λ={lam}")
     return tests, combine(tests), ""
 
 

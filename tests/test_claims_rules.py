@@ -196,10 +196,10 @@ def test_euclid_riemann_rows():
     tests, v, note = judged("euclid_vs_riemann", vals)
     assert rows(tests) == [
         ("KID: euclidean − riemannian λ=0.1", True, (0, 1), pytest.approx((0.01, 0.01))),
-        ("FD-effnet: euclidean − riemannian λ=0.1", False, (0, 1), (10.0, 10.0)),
-        ("FD-tokens: euclidean − riemannian λ=0.1", False, (0, 1), (-0.5, -0.5)),
-        ("class agreement: euclidean − riemannian λ=0.1", False, (0, 1), (-0.125, -0.125)),
-        ("KID with CFG 4: euclidean − riemannian λ=0.1", False, (0, 1), (-0.125, -0.125))]
+        ("FD-effnet", False, (0, 1), (10.0, 10.0)),
+        ("FD-tokens", False, (0, 1), (-0.5, -0.5)),
+        ("class agreement", False, (0, 1), (-0.125, -0.125)),
+        ("KID with CFG 4", False, (0, 1), (-0.125, -0.125))]
     assert (v, note) == (S, "")
     assert tests[0].base_mean == 0.04 and tests[0].paper.source == "gFID 15.95 → 2.65"
 
@@ -218,7 +218,7 @@ def test_sampler_rows():
             C.sampler_key("fd_tokens", "euler_project"): 2.0, C.sampler_key("fd_tokens", "expmap"): 2.5}
     tests, v, note = judged("sampler", vals)
     assert rows(tests) == [("KID: exp map − Euler+projection", True, (0, 1), (-0.25, -0.25)),
-                           ("FD-tokens: exp map − Euler+projection", False, (0, 1), (0.5, 0.5))]
+                           ("FD-tokens", False, (0, 1), (0.5, 0.5))]
     assert (v, note) == (R, "the λ = 0.1 generator (its radial output trained)")
     assert tests[0].paper is None and tests[0].text().endswith("→ reversed at this scale")
 
@@ -249,7 +249,7 @@ def test_noise_rows():
     label = "clean-trained − noise-trained decoder on the same generated latents"
     assert rows(tests) == [
         (f"KID: {label}", True, (0, 1), (0.25, 0.25)),
-        (f"FD-effnet: {label}", False, (0, 1), (-2.0, -2.0)),
+        ("FD-effnet", False, (0, 1), (-2.0, -2.0)),
         ("PSNR at the largest σ: noise-trained − clean-trained", False, (0, 1), (7.0, 7.0)),
         ("PSNR on clean latents: noise-trained − clean-trained + 1.0 dB", False, (0, 1), (0.5, 0.5))]
     assert (v, note) == (S, "")

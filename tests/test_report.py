@@ -147,7 +147,7 @@ def test_claims_index_has_verdicts_and_provenance(scene):
     assert row["verdict"] == SUPPORTED and row["run"] == f"05_flow_matching/{new.id}"
     assert row["paper"] == "HAE, Tab. 4" and row["paper's number"] == "gFID 15.95 (Euclidean) vs 2.65 (Riemannian)"
     assert row[ours].startswith("KID: euclidean − riemannian λ=0.1: mean 8.5, seeds [8.5, 8, 9], 95% CI [7.26, 9.74] "
-                                "(±1.24 at 3 seeds) → supported; also: FD-effnet: euclidean − riemannian λ=0.1 ")
+                                "(±1.24 at 3 seeds) → supported; also: FD-effnet ")
     assert row[ours].endswith("regime: time shift α = 1; sampling: CFG 1.1 (HAE App. E), 50 Euler steps")
     assert row["primary metric"] == C.BY_ID["euclid_vs_riemann"].primary and "KID" in row["primary metric"]
     assert row["seeds"] == "3 (0, 1, 2)"
