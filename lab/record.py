@@ -38,9 +38,13 @@ def _coords(df, coords):
     return df[df.coords == coords]
 
 
+def _raw_if_both(df):
+    """The raw-token rows of a table that holds both coordinate systems; the table itself otherwise."""
+    return df[df.coords == "raw"] if "coords" in df.columns and (df.coords == "raw").any() else df
+
+
 def _radial_share(stats, dips, shares):  # 02: probes.norm_stats / linear_path_norm_dip / radial_share_along_t
-    if "coords" in dips.columns:  # the dip is a raw-token statistic; keep its meaning
-        dips = _coords(dips, "raw") if (dips.coords == "raw").any() else dips
+    stats, dips = _raw_if_both(stats), _raw_if_both(dips)  # norm statistics and the dip: of raw tokens, as before
     dip_of = dict(iter(dips.groupby(["autoencoder", "seed"], sort=False)))
     share_of = {c: dict(iter(_coords(shares, c).groupby(["autoencoder", "seed"], sort=False)))
                 for c in claims.COORDS}

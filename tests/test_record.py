@@ -125,9 +125,12 @@ def test_u_curve_noise_gae_stem_and_probe_tables():
 
 
 def test_radial_share_tables():
-    stats = pd.DataFrame([dict(autoencoder="dino", seed=s, preprocess=p, cv=0.1 + s, mean_over_shell=1.0)
-                          for s in (0, 1) for p in ("raw", "centred")])
-    dips = pd.DataFrame([dict(autoencoder="dino", seed=s, t=t, rel_nearest_mean=t) for s in (0, 1) for t in (0.0, 0.4, 1.0)])
+    # probes.radial_tables: every table stacked in coords order, training first
+    stats = pd.DataFrame([dict(autoencoder="dino", seed=s, preprocess=p, cv=0.1 + s + 5 * (co == "training"),
+                               mean_over_shell=1.0, coords=co)
+                          for co in ("training", "raw") for s in (0, 1) for p in ("raw", "centred")])
+    dips = pd.DataFrame([dict(autoencoder="dino", seed=s, t=t, rel_nearest_mean=t + 5 * (co == "training"), coords=co)
+                         for co in ("training", "raw") for s in (0, 1) for t in (0.0, 0.4, 1.0)])
     shares = pd.DataFrame([dict(autoencoder="dino", seed=s, coords=co, path=p, t=t, share_mean=t / 2 + (co == "raw"))
                            for s in (0, 1) for co in ("training", "raw")
                            for p in ("linear", "shell", "slerp") for t in (0.0, 1.0, 0.5)])
@@ -140,7 +143,8 @@ def test_radial_share_tables():
     assert m[claims.seed_key(claims.share_key("dino", "linear", "start", "raw"), 0)] == 1.0
     assert claims.judge(claims.BY_ID["radial_share"], m)[1] != claims.NO_RUN
     # a table without the coords column holds raw tokens (what 02 logged before issue 23): never judged
-    m = record.log(Run(), radial_share=(stats, dips, shares[shares.coords == "raw"].drop(columns=["coords"])))
+    raw_only = [d[d.coords == "raw"].drop(columns=["coords"]) for d in (stats, dips, shares)]
+    m = record.log(Run(), radial_share=tuple(raw_only))
     assert m[claims.seed_key(claims.share_key("dino", "linear", "end", "raw"), 0)] == 1.5
     assert claims.judge(claims.BY_ID["radial_share"], m)[1] == claims.NO_RUN
 
