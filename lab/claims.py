@@ -414,9 +414,15 @@ def regime(claim, m):
     if not claim.protocol:
         return ""
     parts, missing = [], []
-    for key, name in (("shift_alpha", "time shift α"), (claim.protocol, "sampling protocol")):
-        if key not in m:
-            missing.append(name)
-        else:
-            parts.append(f"time shift α = {float(m[key]):.3g}" if key == "shift_alpha" else f"sampling: {m[key]}")
+    per = {k[len("shift_alpha_"):]: v for k, v in sorted(m.items()) if k.startswith("shift_alpha_")}  # 06: per latents
+    if "shift_alpha" in m:
+        parts.append(f"time shift α = {float(m['shift_alpha']):.3g}")
+    elif per:
+        parts.append("time shift α = " + ", ".join(f"{float(v):.3g} ({k})" for k, v in per.items()))
+    else:
+        missing.append("time shift α")
+    if claim.protocol in m:
+        parts.append(f"sampling: {m[claim.protocol]}")
+    else:
+        missing.append("sampling protocol")
     return "; ".join(parts + ([" and ".join(missing) + " not logged"] if missing else []))

@@ -462,3 +462,6 @@ def test_the_regime_says_shift_and_sampling_protocol():
         "time shift α = 1.22; sampling: CFG 1.1 (HAE App. E), 50 Euler steps")
     assert C.regime(C.BY_ID["euclid_vs_riemann"], {}) == "time shift α and sampling protocol not logged"
     assert C.regime(C.BY_ID["probe_teacher_student"], m) == ""  # no generator in this row
+    per_latents = {"shift_alpha_hae": 1.2247, "shift_alpha_gae": 1.0, "protocol_paper": "CFG 1.1"}  # notebook 06
+    assert C.regime(C.BY_ID["u_curve"], per_latents) == "time shift α = 1 (gae), 1.22 (hae); sampling: CFG 1.1"
+    assert C.regime(C.BY_ID["u_curve"], {"shift_alpha": 1.0}) == "time shift α = 1; sampling protocol not logged"
