@@ -72,6 +72,8 @@ GEN_METRICS = ("fd_images", "kid_images", "precision", "recall", "class_agreemen
 def _generation(df):  # 05: one row per (config, seed, protocol); the protocol each ran, unseeded
     for s, r in _rows(df, ("config", "protocol", "method", "steps", "cfg_scale", "cfg_interval") + GEN_METRICS):
         yield s, {claims.gen_key(x, r.config, r.protocol): getattr(r, x) for x in GEN_METRICS}
+        if "norm_cv" in df.columns:  # the paper protocol keeps the old key norm_cv_<config>
+            yield s, {f"norm_cv_{r.config}" + ("" if r.protocol == "paper" else f"_{r.protocol}"): r.norm_cv}
     for proto, d in df.groupby("protocol", sort=False):
         r = d.iloc[0]
         yield None, {f"regime_{proto}": f"{r.method}, {int(r.steps)} steps, CFG {float(r.cfg_scale):g} on t in "
