@@ -178,6 +178,7 @@ def test_claims_index_has_verdicts_and_provenance(scene):
             f"`{new.meta['device']}`, parameters `steps=10, path='slerp'`") in readme
     assert "- `lambda_sweep` (HAE: Hyperspherical Autoencoder (../shared/papers/000_*), Tab. 6)" in readme
     assert "(text lost: the λ symbols" in readme
+    assert f"the rows read 0.0, 1.0, 0.1). Primary metric: {C.BY_ID['lambda_sweep'].primary}." in readme
     assert "  Ours: finished runs of 08_width: not logged: token_dim" in readme
     n = scene["summary"]["claims"]
     assert (n[SUPPORTED], n[REVERSED], n[report.DIRTY], n[report.NOT_CPU], n[report.NOT_MEASURED]) == (2, 1, 1, 1, 0)

@@ -309,8 +309,9 @@ def write_index(out, evaluated, latest, all_runs):
     for e in evaluated:
         c, r = e["claim"], e["run"]
         lost = f" (text lost: {c.text_lost})" if c.text_lost else ""
+        primary = f" Primary metric: {c.primary}." if c.primary else ""
         lines.append(f"- `{c.id}` ({registry.PAPERS[c.paper]}, {c.where}): {c.statement} "
-                     f"Paper: {c.number}{lost}.")
+                     f"Paper: {c.number}{lost}.{primary}")
         if r is None:
             lines.append(f"  Ours: {e['note']}")
         else:
