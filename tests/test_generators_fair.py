@@ -135,3 +135,27 @@ def test_kid_matches_torchmetrics_if_installed():
     ours = metrics.kid(x, y, subsets=1, subset_size=50)["value"]
     theirs = tm.poly_mmd(x.double(), y.double(), degree=3, gamma=None, coef=1.0)
     assert ours == pytest.approx(float(theirs), rel=1e-6)
+
+
+# ----------------------------------------------------------------------------- notebooks 05 and 06
+
+def _code(stem):
+    import json
+    from pathlib import Path
+    nb = Path(__file__).resolve().parents[1] / "notebooks" / f"{stem}.ipynb"
+    cells = [c for c in json.loads(nb.read_text())["cells"] if c["cell_type"] == "code"]
+    return "".join(cells[0]["source"]), "".join("".join(c["source"]) for c in cells[1:])
+
+
+def test_notebook_05_has_no_noshift_arm_and_logs_its_alpha_and_protocols():
+    params, code = _code("05_flow_matching")
+    assert "noshift" not in code and "shift=False" not in code
+    assert "cfg_interval = [0.0, 1.0]" in params and "paper_cfg_scale = 1.0" in params and "paper_steps = 50" in params
+    for key in ('"shift_alpha"', '"protocol_paper"', '"protocol_cfg4"', '"cpu_scale.shift"'):
+        assert key in code, key
+
+
+def test_notebook_06_gives_wide_tokens_a_ddt_head_and_defaults_to_the_gae_arm():
+    params, code = _code("06_decoder_scale")
+    assert 'autoencoders = ["gae"]' in params and "hae_steps" not in params and "cfg_interval" in params
+    assert "ddt_width=ddt_width" in code and '"cpu_scale.u_curve"' in code and "kid_generated" in code
