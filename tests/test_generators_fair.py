@@ -149,7 +149,7 @@ def _code(stem):
 
 def test_notebook_05_has_no_noshift_arm_and_logs_its_alpha_and_protocols():
     params, code = _code("05_flow_matching")
-    assert "noshift" not in code and "shift=False" not in code
+    assert 'configs["noshift"]' not in code and "shift=False" not in code
     assert "cfg_interval = [0.0, 1.0]" in params and "paper_cfg_scale = 1.0" in params and "paper_steps = 50" in params
     for key in ('"shift_alpha"', '"protocol_paper"', '"protocol_cfg4"', '"cpu_scale.shift"'):
         assert key in code, key
