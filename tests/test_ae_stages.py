@@ -115,7 +115,7 @@ def test_zoo_hae_defaults_are_the_shared_recipe(tiny_zoo, monkeypatch):
     ae = zoo.hae(n=4, size=32, lpips_weight=0.0)
     assert ae.recipe["stage_steps"] == list(zoo.HAE_STEPS) == seen[0]["steps"]
     assert ae.recipe["lambda_cos"] == 0.5 == seen[0]["lambda_cos"]
-    assert seen[0]["lr_scale"] == (1.0, 10.0, 10.0, 5.4)
+    assert seen[0]["lr_scale"] == zoo.HAE_LR_SCALE == (1.0, 1.0, 1.0, 0.54)
     tokens = seen[0]["teacher_tokens"]
     assert torch.equal(tokens, ae.teacher_features(smooth_images(4, 32)))
     zoo.hae(n=4, size=32, lpips_weight=0.0, stem="patch")  # the patch baseline has no alignment: no tokens
