@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from lab import check_choice, flows
 from lab import geometry as geo
 from lab import metrics
-from lab.dit import DiT
+from lab.dit import dit
 from lab.evaluate import decode_batched
 from lab.train import train_generator
 
@@ -420,7 +420,9 @@ def width_check(n=32, widths=(8, 32), tokens=4, depth=2, heads=2, steps=600, bat
     x1 = torch.randn(tokens, n, generator=torch.Generator().manual_seed(seed))
     rows = []
     for d in widths:
-        model = DiT(n, tokens, width=d, depth=depth, heads=heads, num_classes=1, pos="sincos")
+        # the experiment about exactly a narrow model, so it opts in by name (RAE Thm. 1, lab.dit.check_width)
+        model = dit("tiny", in_dim=n, num_tokens=tokens, width=d, depth=depth, heads=heads, num_classes=1,
+                    pos="sincos", allow_narrow=True)
         out = train_generator(x1[None], torch.zeros(1, dtype=torch.long), model=model, path="linear",
                               loss="euclidean", time_dist="uniform", shift=False, label_dropout=0.0,
                               steps=steps, batch_size=batch_size, lr=lr, ema_decay=0.0, seed=seed,

@@ -50,6 +50,8 @@ MODULES = {
                    "radial_share_along_t", "encode_dataset", "linear_probe_features", "_grid", "pca_rgb",
                    "width_floor", "fm_eval_loss", "width_check")]),
     "claims": ("lab/claims.py", ["tests/test_claims.py", "tests/test_claims_rules.py"], None),
+    "power": ("lab/power.py", ["tests/test_power.py", "tests/test_claims.py"], None),  # the MDE and seeds-needed math
+    "claim_keys": ("lab/claim_keys.py", ["tests/test_claims.py", "tests/test_record.py"], None),
 }
 TIMEOUT_MULTIPLIER, TIMEOUT_CONSTANT = 3.0, 3.0
 PYTEST_DESELECT = {  # slow tests the fast selection leaves out (subprocesses; 300 training steps)

@@ -129,10 +129,10 @@ def test_runs_experiment_by_prefix_and_unknown_experiment(lab_runs):
 
 
 def test_headline_reads_the_claim_keys_as_seed_means_first():
-    m = {"other": 7.0, "fd_images_euclidean_seed0": 10.0, "fd_images_euclidean_seed1": 14.0,
-         "fd_images_riemannian_l0.1_seed0": 3.0, "curve": [1, 2], "flag": True, "a": 1, "b": 2}
+    m = {"other": 7.0, "kid_images_euclidean_paper_seed0": 10.0, "kid_images_euclidean_paper_seed1": 14.0,
+         "kid_images_riemannian_l0.1_paper_seed0": 3.0, "curve": [1, 2], "flag": True, "a": 1, "b": 2}
     assert runs_table.headline("05_flow_matching", m) == {
-        "fd_images_riemannian_l0.1": 3.0, "fd_images_euclidean": 12.0, "other": 7.0, "a": 1}
+        "kid_images_riemannian_l0.1_paper": 3.0, "kid_images_euclidean_paper": 12.0, "other": 7.0, "a": 1}
     assert runs_table.headline("no_claims", {"x": "text", "y": 2.5}) == {"y": 2.5}
 
 

@@ -10,7 +10,7 @@ from lab import flows, probes
 
 def test_width_check_defaults_reach_model_training_and_eval(monkeypatch):
     built, trained, evals, rng = [], [], [], []
-    real_dit = probes.DiT
+    real_dit = probes.dit
 
     def dit(*args, **kw):
         rng.append(torch.randn(3))  # the global generator, seeded by width_check
@@ -25,7 +25,7 @@ def test_width_check_defaults_reach_model_training_and_eval(monkeypatch):
         evals.append((model, x1.clone(), y, kw))
         return 0.25 * len(evals)
 
-    monkeypatch.setattr(probes, "DiT", dit)
+    monkeypatch.setattr(probes, "dit", dit)
     monkeypatch.setattr(probes, "train_generator", train)
     monkeypatch.setattr(probes, "fm_eval_loss", evaluate)
     rows = probes.width_check()
@@ -33,7 +33,8 @@ def test_width_check_defaults_reach_model_training_and_eval(monkeypatch):
     x1 = torch.randn(4, 32, generator=torch.Generator().manual_seed(0))  # tokens = 4, n = 32, seed 0
     torch.manual_seed(0)
     assert torch.equal(rng[0], torch.randn(3))
-    assert built == [((32, 4), dict(width=d, depth=2, heads=2, num_classes=1, pos="sincos")) for d in (8, 32)]
+    assert built == [(("tiny",), dict(in_dim=32, num_tokens=4, width=d, depth=2, heads=2, num_classes=1, pos="sincos",
+                                     allow_narrow=True)) for d in (8, 32)]  # notebook 08 opts in by name
     for (latents, labels, kw), (model, x1_eval, y, ekw) in zip(trained, evals):
         assert torch.equal(latents, x1[None]) and labels.tolist() == [0] and labels.dtype == torch.long
         model_kw = kw.pop("model")
