@@ -104,8 +104,8 @@ def test_sample_quality_is_quality_of_the_seeded_prior_with_every_setting_passed
     real_images = torch.rand(10, 3, 16, 16, generator=torch.Generator().manual_seed(7))
     real, real_feats = ae.encode(real_images), stats_features([])(real_images)
     clf = Zeros()
-    if case == "explicit":  # no `shift` attribute: the sampler's default, alpha = sqrt(N·C / 4096)
-        gen, alpha, seed, size, null = Still(k), math.sqrt(16 * 48 / 4096), 5, 64, True
+    if case == "explicit":  # no `shift` attribute: the sampler's default, alpha = max(1, sqrt(N·C / 4096)) = 1 here
+        gen, alpha, seed, size, null = Still(k), max(1.0, math.sqrt(16 * 48 / 4096)), 5, 64, True
         q, images, asked = evaluate.sample_quality(gen, ae, n, real, real_feats, method="euler", steps=3,
                                                    prior="sphere", cfg_scale=2.0, seed=5, feature_size=64,
                                                    classifier=clf)
