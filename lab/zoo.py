@@ -141,12 +141,12 @@ def gae(data="fashion", n=2048, size=64, latent_dim=32, align="latent", teacher=
 # Stage 1 is where the reconstruction is learnt (PSNR +1.6 dB per doubling of its steps, measured);
 # the late stages are short refinements (HAE_LR_SCALE below).
 def shared_hae_steps(env=None):
-    """The shared HAE's four stage lengths: (900, 20, 20, 20), or $LAB_HAE_STEPS ('s1,s2,s3,s4'), with
+    """The shared HAE's four stage lengths: (1200, 20, 20, 20), or $LAB_HAE_STEPS ('s1,s2,s3,s4'), with
     which the notebook smoke tests shrink every notebook's shared HAE at once (the recipe, and so its
     cache folder, records the lengths used)."""
     text = (os.environ if env is None else env).get("LAB_HAE_STEPS")
     if not text:
-        return (900, 20, 20, 20)
+        return (1200, 20, 20, 20)
     steps = tuple(int(k) for k in text.split(","))
     if len(steps) != 4 or steps[0] < 1 or min(steps) < 0:
         raise ValueError(f"LAB_HAE_STEPS={text!r}: four comma-separated stage lengths, stage 1 >= 1, others >= 0")

@@ -142,7 +142,7 @@ def test_generation_data_and_latents_use_the_shared_hae(monkeypatch):
 
 
 def test_shared_hae_steps_and_their_smoke_override():
-    assert zoo.shared_hae_steps({}) == (900, 20, 20, 20)
+    assert zoo.shared_hae_steps({}) == (1200, 20, 20, 20)
     assert zoo.shared_hae_steps({"LAB_HAE_STEPS": "2,1,0,1"}) == (2, 1, 0, 1)
     for bad in ("2,1,1", "0,1,1,1", "2,-1,1,1"):
         with pytest.raises(ValueError, match="LAB_HAE_STEPS"):

@@ -103,3 +103,22 @@ def test_report_copies_and_links_the_vector_twin(tmp_path):
     copied = out / "99_figtest" / "figures" / r.id
     assert (copied / "curve.png").is_file() and (copied / "curve.pdf").read_bytes()[:5] == b"%PDF-"
     assert f"([PDF](figures/{r.id}/curve.pdf))" in (out / "99_figtest" / "README.md").read_text()
+
+
+def test_gae_panel_names_the_kl_arm_and_plots_the_primary_flatten_probe():
+    """Notebook 07's GAE panel: the KL arm is not a second 'latent' bar, and the probe drawn is the
+    claim's primary (Flatten, GAE Tab 1), not GAP."""
+    hae = pd.DataFrame(dict(model=["conv"], psnr=[18.0]))
+    noise = pd.DataFrame(dict(train_tau=[0.0, 0.0], sigma=[0.0, 0.1], psnr=[18.0, 17.0]))
+    gae = pd.DataFrame(dict(align=["pre", "post", "latent", "latent"], latent_reg=["norm", "norm", "norm", "kl"],
+                            psnr=[20.0, 19.0, 19.5, 18.0], probe_gap=[0.5, 0.6, 0.7, 0.65],
+                            probe_flatten=[0.8, 0.81, 0.82, 0.79]))
+    fig = figures.plot_ablations(hae, noise, gae)
+    ax = fig.axes[2]
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert labels == ["pre", "post", "latent", "latent + KL"]
+    twin = fig.axes[3]
+    heights = [p.get_height() for p in twin.patches]
+    assert heights == pytest.approx([0.8, 0.81, 0.82, 0.79])
+    assert "Flatten" in twin.get_ylabel()
+    plt.close(fig)
