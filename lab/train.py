@@ -40,6 +40,7 @@ from tqdm.auto import tqdm
 from lab import check_choice, flows, samplers
 from lab import geometry as geo
 from lab.dit import dit
+from lab.latent_cache import mapped_latents
 from lab.infra.curves import curves
 from lab.trainutil import (NaNGuard, barrier, ddp_cleanup, ddp_setup, exit_process, is_main,
                            latest_checkpoint, load_checkpoint, requires_grad, save_checkpoint,
@@ -369,19 +370,6 @@ def train_generator(latents, labels=None, *, model=None, size="tiny", model_kw=N
 # Command line (works under torchrun)
 # ---------------------------------------------------------------------------------------------
 
-def load_latents(files, latents_key="latents", labels_key="labels"):
-    """Concatenate [M, N, C] latents (and labels, if present) from safetensors files."""
-    from safetensors.torch import load_file
-    xs, ys = [], []
-    for f in files:
-        d = load_file(f)
-        if latents_key not in d:
-            raise KeyError(f"{f} has no tensor {latents_key!r} (has {sorted(d)}); pass --latents-key")
-        xs.append(d[latents_key])
-        ys.append(d[labels_key].long() if labels_key in d else torch.zeros(len(d[latents_key]), dtype=torch.long))
-    return torch.cat(xs), torch.cat(ys)
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(description="Train a flow-matching DiT on cached latents (torchrun-ready).")
     p.add_argument("--latents", nargs="+", required=True, help="safetensors file(s) with 'latents' [M,N,C] (+ 'labels' [M])")
@@ -417,7 +405,8 @@ def main(argv=None):
     p.add_argument("--compile", action="store_true", help="torch.compile the DiT")
     p.add_argument("--device")
     a = p.parse_args(argv)
-    latents, labels = load_latents(a.latents, a.latents_key, a.labels_key)
+    # memory-mapped: each rank reads only the rows of its batches, so host memory does not grow with the data
+    latents, labels = mapped_latents(a.latents, a.latents_key, a.labels_key)
     model_kw = {k: v for k, v in dict(width=a.width, depth=a.depth, heads=a.heads, ddt_width=a.ddt_width).items()
                 if v is not None}
     out = train_generator(latents, labels, size=a.size, model_kw=model_kw, path=a.path, loss=a.loss,

@@ -20,7 +20,7 @@ from lab.workers import default_workers, train_in_workers
 from lab.zoo_store import _digest, _finished, _load, _mark_finished, lock  # noqa: F401 (zoo.lock is public)
 from lab import check_choice, runs, trainutil
 from lab.autoencoders.decoder import ConvDecoder
-from lab.autoencoders.fit import precompute
+from lab.autoencoders.fit import as_tensor, precompute
 from lab.autoencoders.gae import GAE
 from lab.autoencoders.hae import HAE
 from lab.autoencoders.rae import RAE
@@ -55,8 +55,9 @@ def _train_or_load(name, recipe, ae, train, sub="checkpoints"):
 # ----------------------------------------------------------------------------- data
 
 
-def images(data="fashion", n=2048, size=64, split="train", seed=0, root=None):
-    """(images [n, 3, size, size] in [0, 1], labels [n]) held in memory.
+def dataset(data="fashion", n=2048, size=64, split="train", seed=0, root=None):
+    """The first n images as a Dataset of (image [3, size, size] in [0, 1], label), decoded when an item
+    is read: nothing is held in memory (an ImageNet-scale folder stays on disk).
 
     data='imagefolder' reads an ImageNet-style folder: `root` holds `train/` and `val/` class
     folders (split 'train' -> train/, 'test' -> val/), centre-cropped as ADM / RAE do.
@@ -71,7 +72,19 @@ def images(data="fashion", n=2048, size=64, split="train", seed=0, root=None):
         ds = datasets.imagefolder_split(root, split, n, size)
     else:
         check_choice("data", data, DATASETS)
-    return datasets.tensors(ds, n)
+    return ds if len(ds) <= n else torch.utils.data.Subset(ds, range(n))
+
+
+def images(data="fashion", n=2048, size=64, split="train", seed=0, root=None):
+    """(images [n, 3, size, size] in [0, 1], labels [n]) held in memory (see `dataset`)."""
+    return datasets.tensors(dataset(data, n, size, split, seed, root), n)
+
+
+def train_images(data, n, size, root=None):
+    """The training images a trainer reads: one tensor while they fit in fit.PRELOAD_BYTES (the embedded
+    data sets: the same tensor as images()[0]), else the Dataset itself, streamed from disk batch by batch
+    (constant host memory at ImageNet scale)."""
+    return as_tensor(dataset(data, n, size, root=root))
 
 
 def _with_root(recipe, data_root):
@@ -104,7 +117,7 @@ def rae(data="fashion", n=2048, size=64, decoder="vit", noise_tau=0.0, steps=400
     ae = RAE(encoder=enc, decoder=decoder, image_size=size, noise_tau=noise_tau, encoder_norm=encoder_norm)
 
     def train(out):
-        x = images(data, n, size, root=data_root)[0]
+        x = train_images(data, n, size, data_root)
         named = encoder if encoder == "dinov2_s_imgfocus" else f"{encoder}:{encoder_weights}"
         key = _vfm_key(named, ae.grid, encoder_norm, data, n, size, data_root)
         tokens = vfm_tokens(ae, ae.teacher_features, key, x)
@@ -129,7 +142,7 @@ def gae(data="fashion", n=2048, size=64, latent_dim=32, align="latent", teacher=
              latent_reg=latent_reg)
 
     def train(out):
-        x = images(data, n, size, root=data_root)[0]
+        x = train_images(data, n, size, data_root)
         key = _vfm_key("dinov2_s_imgfocus", [g * ae.vfm_factor for g in ae.grid], "model", data, n, size, data_root)
         feats = vfm_tokens(ae, ae.vfm_features, key, x)
         return train_gae(ae, x, steps=steps, batch_size=batch_size, lr=lr, out_dir=out, align_weight=align_weight,
@@ -188,7 +201,7 @@ def hae(data="photos", n=2048, size=64, stem="conv", align="cosine", steps=HAE_S
     last = max(k for k, n_k in enumerate(stage_steps, 1) if n_k > 0)
 
     def train(out):
-        x = images(data, n, size, root=data_root)[0]
+        x = train_images(data, n, size, data_root)
         tokens = None
         if stem == "conv" and stage_steps[0] + stage_steps[1] > 0 and lambda_cos > 0:
             named = teacher if teacher == "dinov2_s_imgfocus" else f"{teacher}:{teacher_weights}"
@@ -221,7 +234,7 @@ def spherical_vae(data="fashion", n=2048, size=64, latent_dim=32, vae_steps=300,
             vae_plain = KLVAE(image_size=size, latent_dim=latent_dim, decoder_widths=decoder_widths)
             _load(folder / "vae", vae_plain.checkpoint_modules())
         else:
-            x, _ = images(data, n, size, root=data_root)
+            x = train_images(data, n, size, data_root)
             train_vae(vae, x, steps=vae_steps, batch_size=batch_size, lr=lr, out_dir=str(folder / "vae"),
                       kl_weight=kl_weight, seed=seed)
             vae_plain = KLVAE(image_size=size, latent_dim=latent_dim, decoder_widths=decoder_widths)
@@ -238,12 +251,13 @@ def spherical_vae(data="fashion", n=2048, size=64, latent_dim=32, vae_steps=300,
 
 
 def encode(ae, x, labels, key, batch_size=64):
-    """Latents of images x under `ae`, cached under runs/_zoo/latents keyed by `key` (a dict naming the
-    images) and the autoencoder: a key without ae.recipe in it gets it, so two models never share one."""
+    """(latents, labels) of images x under `ae`, cached under runs/_zoo/latents keyed by `key` (a dict naming
+    the images) and the autoencoder: a key without ae.recipe in it gets it, so two models never share one.
+    x: an image tensor with its labels, or a Dataset of (image, label) (labels=None), read batch by batch."""
     recipe = getattr(ae, "recipe", None)
     if recipe is not None and any(key.get(k) != v for k, v in recipe.items()):
         key = dict(key, ae=recipe)
-    ds = torch.utils.data.TensorDataset(x, labels)
+    ds = torch.utils.data.TensorDataset(x, labels) if torch.is_tensor(x) else x
     dev = next(ae.parameters()).device  # batches go to the model (fp32 latents on every device)
     with torch.no_grad():
         return latent_cache.cached_latents(lambda im: ae.encode(im).float(), ds, key, batch_size=batch_size,
@@ -421,8 +435,8 @@ def generation_data(kind, *, data="fashion", n=2048, size=64, steps=2500, n_test
         key = dict(ae.recipe, split="train")
     else:
         ae, key = autoencoder(kind, data=data, n=n, size=size, steps=steps, data_root=data_root, seed=seed)
-    x, y = images(data, n=n, size=size, root=data_root)
-    z, labels = encode(ae, x, y, key)
+    # the training images are encoded from the data set, never held as one tensor (ImageNet scale)
+    z, labels = encode(ae, dataset(data, n, size, root=data_root), None, key)
     x_test, y_test = images(data, n=n_test, size=size, split="test", root=data_root)
     z_test, _ = encode(ae, x_test, y_test, dict(key, split="test"))
     images_key = _with_root(dict(data=data, size=size), data_root)

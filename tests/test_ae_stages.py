@@ -65,7 +65,8 @@ def _same(a, b):
 def tiny_zoo(tmp_path, monkeypatch):
     monkeypatch.setenv("LAB_RUNS_DIR", str(tmp_path))
     monkeypatch.setattr(zoo, "HAE", lambda **kw: tiny_hae(stem=kw["stem"], align=kw["align"]))
-    monkeypatch.setattr(zoo, "images", lambda data, n, size, root=None, **kw: (smooth_images(n, 32), torch.zeros(n)))
+    monkeypatch.setattr(zoo, "dataset", lambda data, n, size, root=None, **kw: torch.utils.data.TensorDataset(
+        smooth_images(n, 32), torch.zeros(n)))
     return tmp_path
 
 

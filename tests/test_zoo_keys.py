@@ -155,8 +155,8 @@ def test_every_generation_data_argument_reaches_a_folder(monkeypatch, tmp_path):
         return ae if kind == "hae" else (ae, dict(ae.recipe, split="train"))
     monkeypatch.setattr(zoo, "autoencoder", fake_ae)
     monkeypatch.setattr(zoo, "hae", fake_ae)
-    monkeypatch.setattr(zoo, "images", lambda data, n, size, split="train", root=None: (
-        torch.zeros(n, 3, 2, 2), torch.arange(n) % 2))
+    monkeypatch.setattr(zoo, "dataset", lambda data, n, size, split="train", seed=0, root=None: (
+        torch.utils.data.TensorDataset(torch.zeros(n, 3, 2, 2), torch.arange(n) % 2)))
     monkeypatch.setattr(latent_cache, "cached_latents", lambda fn, ds, key, **kw: (
         seen.append(("latents", latent_cache.key_dir(key, len(ds), kw["cache_root"])[0])), None)[1] or (None, None))
     monkeypatch.setattr(zoo, "_cached_array", lambda name, key, compute, what: (
