@@ -69,3 +69,11 @@ def test_bench_row_runs_at_tiny_size_on_cpu():
     assert r["euclid_ms"] > 0 and r["riemann_ms"] > 0 and r["ratio"] > 0
     line = bench.format_row(r)
     assert line.split()[11] == "—"  # the MFU column: no GPU, no peak
+
+
+def test_a_plain_dit_narrower_than_its_tokens_is_benchmarked_not_refused():
+    """Speed is measured on any shape (`lab bench --ddt-width 0` on S / 768 channels); RAE Thm 1's refusal
+    guards training, which the bench does not do."""
+    r = bench.bench_size("tiny", batch=2, tokens=4, channels=96, repeats=1, warmup=0, device=torch.device("cpu"),
+                         ddt_width=None)
+    assert r["ddt_width"] is None and r["euclid_ms"] > 0

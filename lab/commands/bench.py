@@ -122,7 +122,8 @@ def bench_size(size, *, batch, tokens, channels, repeats, warmup, device, ddt_wi
     num_classes = 10
     latents = torch.randn(max(4 * batch, 256), tokens, channels)
     labels = torch.randint(num_classes, (latents.shape[0],))
-    model = dit(size, in_dim=channels, num_tokens=tokens, num_classes=num_classes, ddt_width=ddt_width).to(device)
+    model = dit(size, in_dim=channels, num_tokens=tokens, num_classes=num_classes, ddt_width=ddt_width,
+                allow_narrow=True).to(device)  # a speed row, not a fit: RAE Thm 1 guards training
     flops = step_flops(model, batch, tokens, channels, device)  # model FLOPs: without the recomputation
     model.checkpoint = checkpoint
     ema = copy.deepcopy(model).requires_grad_(False)
