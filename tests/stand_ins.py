@@ -1,4 +1,4 @@
-"""Stand-ins several test files share: a lossless linear autoencoder, per-image MSE, seeded metrics."""
+"""Stand-ins several test files share: a lossless linear autoencoder, per-image MSE, seeded metrics, reconstruction metrics."""
 import torch
 import torch.nn.functional as F
 
@@ -43,3 +43,12 @@ def seeded(values, seeds=(0, 1, 2)):
         for s, x in zip(seeds, vs):
             m[claims.seed_key(key, s)] = x
     return m
+
+
+def recon(ours, base, deltas, stage=None):
+    """Reconstruction metrics where `ours` differs from `base` by the given amounts (positive = ours higher)."""
+    vals = {}
+    for metric, d in zip(("psnr", "ssim", "lpips"), deltas):
+        vals[claims.recon_key(metric, base, stage)] = 0.5
+        vals[claims.recon_key(metric, ours, stage)] = 0.5 + d
+    return vals

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from lab import claims as C
-from stand_ins import seeded
+from stand_ins import recon, seeded
 
 S, N, R, MIX = C.SUPPORTED, C.NOT_SHOWN, C.REVERSED, C.MIXED
 NOTEBOOKS = {p.stem for p in (Path(__file__).resolve().parents[1] / "notebooks").glob("[0-9][0-9]_*.ipynb")}
@@ -175,15 +175,6 @@ def test_probe_rule_within_three_points(teacher, student, want):
     vals = {C.probe_key("teacher", "gap"): teacher, C.probe_key("student", "gap"): student,
             C.probe_key("teacher", "flatten"): 0.9, C.probe_key("student", "flatten"): 0.1}  # flatten not judged
     assert verdict("probe_teacher_student", vals) == want
-
-
-def recon(ours, base, deltas, stage=None):
-    """Metrics where `ours` differs from `base` by the given amounts (positive = ours higher)."""
-    vals = {}
-    for metric, d in zip(("psnr", "ssim", "lpips"), deltas):
-        vals[C.recon_key(metric, base, stage)] = 0.5
-        vals[C.recon_key(metric, ours, stage)] = 0.5 + d
-    return vals
 
 
 @pytest.mark.parametrize("deltas, want", [

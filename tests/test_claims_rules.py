@@ -12,6 +12,7 @@ import pytest
 
 from lab import claims as C
 import stand_ins
+from stand_ins import recon
 
 S, N, R, MIX = C.SUPPORTED, C.NOT_SHOWN, C.REVERSED, C.MIXED
 
@@ -145,14 +146,6 @@ def test_probe_rows():
     assert rows(tests) == [("GAP: student − teacher + 0.03", True, (0, 1), pytest.approx((-0.22, -0.22))),
                            ("flatten: student − teacher", False, (0, 1), (0.625, 0.625))]
     assert (v, note) == (R, "")
-
-
-def recon(ours, base, deltas, stage=None):
-    vals = {}
-    for metric, d in zip(("psnr", "ssim", "lpips"), deltas):
-        vals[C.recon_key(metric, base, stage)] = 0.5
-        vals[C.recon_key(metric, ours, stage)] = 0.5 + d
-    return vals
 
 
 @pytest.mark.parametrize("deltas, want", [
