@@ -1,4 +1,4 @@
-"""Stand-ins several test files share: a lossless linear autoencoder, per-image MSE, seeded metrics, reconstruction metrics."""
+"""Stand-ins several test files share: a lossless linear autoencoder, per-image MSE, seeded and recon metrics."""
 import torch
 import torch.nn.functional as F
 
