@@ -252,10 +252,10 @@ class ArrayImages(Dataset):
         return to_tensor(img, self.uint8), self.targets[i]
 
 
-def fashion(split="train", n=None, size=64, uint8=False):
+def fashion(split="train", n=None, size=64, uint8=False, offset=0):
     """Fashion-MNIST (60k train / 10k test), grayscale -> RGB, resized to size; labels 0..9.
 
-    n: the first n images of the split (the files are already shuffled) or all."""
+    n: n images from `offset` on, or all (the files are shuffled: consecutive blocks are independent)."""
     if split not in ("train", "test"):
         raise ValueError(f"fashion(split={split!r}): allowed values are 'train', 'test'")
     _check_size(size)
@@ -263,9 +263,10 @@ def fashion(split="train", n=None, size=64, uint8=False):
     prefix = "train" if split == "train" else "t10k"
     images = read_idx(root / f"{prefix}-images-idx3-ubyte.gz")
     labels = read_idx(root / f"{prefix}-labels-idx1-ubyte.gz")
-    if n is not None:
-        images, labels = images[:n], labels[:n]
-    return ArrayImages(images, labels, size, FASHION_CLASSES, uint8=uint8)
+    if offset < 0 or offset + (n or 0) > len(labels):
+        raise ValueError(f"fashion({split!r}): offset={offset} + n={n} > {len(labels)} images in the split")
+    cut = slice(offset, None if n is None else offset + n)
+    return ArrayImages(images[cut], labels[cut], size, FASHION_CLASSES, uint8=uint8)
 
 
 # ----------------------------------------------------------------------------- digits

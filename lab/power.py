@@ -2,7 +2,8 @@
 
 A comparison is a `Test`: per-seed values of a statistic oriented so that positive means the paper's
 direction (a margin already subtracted). `supported` only when the 95% t-interval of the mean lies
-above zero, `reversed` when it lies below, else `not shown`; one seed gives an unbounded interval.
+above zero, `reversed` when it lies below, else `not shown`; one seed gives an unbounded interval, and so
+do seeds that all give the same value (they vary nothing the statistic depends on: no uncertainty measured).
 
 Power (issue 23, item 6). The minimum detectable effect (MDE) at n seeds is the interval's
 half-width, t_{0.975,n-1} · sd / √n: a true mean difference smaller than that is likely to read as
@@ -94,12 +95,18 @@ class Test:
     paper: Effect = None        # the paper's effect, attached by lab.claims.judge
 
     @property
+    def identical(self):
+        """Every seed gave the same value: the seeds vary nothing the statistic depends on (one shared
+        model on one fixed split), so sd 0 measures no uncertainty and there is no interval."""
+        return len(self.values) >= 2 and len(set(self.values)) == 1
+
+    @property
     def ci(self):
-        return interval(self.values)
+        return (mean(self.values), -math.inf, math.inf) if self.identical else interval(self.values)
 
     @property
     def mde(self):
-        return mde(self.values)
+        return math.inf if self.identical else mde(self.values)
 
     @property
     def verdict(self):
@@ -108,6 +115,8 @@ class Test:
 
     def power_text(self):
         """Could these seeds have seen the paper's effect? Only said for a `not shown` test."""
+        if self.identical:
+            return "every seed gave the same value: the seeds vary nothing this comparison depends on"
         if self.paper is None or math.isnan(self.base_mean):
             return "the paper gives no effect size"
         size = self.paper.size(self.base_mean)
@@ -121,12 +130,13 @@ class Test:
 
     def text(self):
         mu, lo, hi = self.ci
-        ci = "unbounded (1 seed)" if math.isinf(lo) else f"[{lo:.3g}, {hi:.3g}]"
+        ci = f"[{lo:.3g}, {hi:.3g}]" if math.isfinite(lo) else (
+            "unbounded (identical seeds)" if self.identical else "unbounded (1 seed)")
         if not self.judged:
             return f"{self.label} {mu:.3g} {ci}"
         per = ", ".join(f"{v:.3g}" for v in self.values)
         n = len(self.values)
-        power = f" (±{self.mde:.3g} at {n} seeds)" if n >= 2 else ""
+        power = f" (±{self.mde:.3g} at {n} seeds)" if n >= 2 and not self.identical else ""
         tail = f"; {self.power_text()}" if self.verdict == NOT_SHOWN and n >= 2 else ""
         return f"{self.label}: mean {mu:.3g}, seeds [{per}], 95% CI {ci}{power} → {self.verdict}{tail}"
 

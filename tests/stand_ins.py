@@ -35,11 +35,13 @@ def mse(a, b):
     return (a - b).pow(2).flatten(1).mean(1)
 
 
-def seeded(values, seeds=(0, 1, 2)):
-    """{key: value or [per-seed values]} -> metrics as the notebooks log them (seed_key per seed)."""
+def seeded(values, seeds=(0, 1, 2), spread=1e-9):
+    """{key: value or [per-seed values]} -> metrics as the notebooks log them (seed_key per seed).
+    A single value becomes per-seed values with a negligible spread, distinct per key, so that paired
+    differences are not all identical (lab.power gives identical seeds no interval)."""
     m = {}
-    for key, v in values.items():
-        vs = v if isinstance(v, (list, tuple)) else [v] * len(seeds)
+    for i, (key, v) in enumerate(values.items()):
+        vs = v if isinstance(v, (list, tuple)) else [v + spread * (i + 1) * (k - 1) for k in range(len(seeds))]
         for s, x in zip(seeds, vs):
             m[claims.seed_key(key, s)] = x
     return m

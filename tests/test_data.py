@@ -70,6 +70,16 @@ def test_fashion_shapes_labels_rgb():
     assert sorted(set(ds.targets)) == list(range(10))
 
 
+def test_fashion_offset_takes_the_next_block():
+    """Notebook 03 gives each seed its own block of the (already shuffled) split: offset k·n."""
+    whole = data.fashion("test", n=30, size=16)
+    block = data.fashion("test", n=10, size=16, offset=20)
+    assert len(block) == 10 and all(torch.equal(block[i][0], whole[20 + i][0]) for i in range(10))
+    assert block.targets == whole.targets[20:30]
+    with pytest.raises(ValueError, match=r"offset=9995 \+ n=10 > 10000"):
+        data.fashion("test", n=10, offset=9995)
+
+
 def test_fashion_bad_split():
     with pytest.raises(ValueError, match="'train', 'test'"):
         data.fashion("val")

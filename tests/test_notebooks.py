@@ -118,6 +118,12 @@ def accuracies_are_fractions(m, run_dir):
         for pool in ("gap", "flatten"):
             for s in (0, 1):
                 assert 0 <= m[claims.seed_key(claims.probe_key(who, pool), s)] <= 1, (who, pool)
+    # each seed probes its own block of images: one shared HAE and one fixed split gave identical seeds
+    df = pd.read_csv(run_dir / "tables" / "linear_probe.csv")
+    blocks = df.groupby("seed")[["train_offset", "test_offset"]].first()
+    assert blocks.train_offset.is_unique and blocks.test_offset.is_unique
+    teacher = [[m[claims.seed_key(claims.probe_key("teacher", pool), s)] for s in (0, 1)] for pool in ("gap", "flatten")]
+    assert any(a != b for a, b in teacher), teacher
 
 
 def pca_at_the_trained_grid(m, run_dir):

@@ -76,3 +76,16 @@ def test_without_a_paper_number_the_text_says_so():
 def test_supported_text_still_gives_the_mde():
     t = P.Test("x", (0, 1, 2), (1.0, 1.1, 0.9))
     assert t.verdict == P.SUPPORTED and t.text().endswith(f"(±{t.mde:.3g} at 3 seeds) → supported")
+
+
+def test_identical_seeds_give_no_interval_and_no_verdict():
+    """Seeds that vary nothing the statistic depends on (one shared model, one fixed probe split) give
+    n equal values: sd 0 is not certainty, so the test has no interval, no verdict and says why."""
+    for values in ((-0.002, -0.002, -0.002), (0.5, 0.5)):
+        t = P.Test("GAP: student − teacher + 0.03", tuple(range(len(values))), values, base_mean=0.81,
+                   paper=P.Effect(-0.022, "89% → 87%"))
+        assert t.verdict == P.NOT_SHOWN and t.mde == math.inf and t.ci[1:] == (-math.inf, math.inf)
+        assert "95% CI unbounded (identical seeds)" in t.text()
+        assert t.text().endswith("not shown at this scale; every seed gave the same value: the seeds vary "
+                                 "nothing this comparison depends on")
+    assert P.Test("x", (0, 1), (0.5, 0.5 + 1e-12)).verdict == P.SUPPORTED  # any spread is an interval

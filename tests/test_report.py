@@ -12,6 +12,7 @@ import pytest
 from lab import claims as C
 from lab import runs
 from lab.commands import report
+from stand_ins import seeded
 
 SUPPORTED, NOT_SHOWN, REVERSED = report.SUPPORTED, report.NOT_SHOWN, report.CONTRADICTED
 
@@ -54,13 +55,7 @@ def make_run(root, exp, params, metrics=None, status="done", figure=False, table
 # Metrics as the notebooks log them: keys from lab.claims, one value per seed
 # ----------------------------------------------------------------------------------------------
 
-def seeded(values, seeds=(0, 1, 2)):
-    """{key: value or [per-seed values]} -> {claims.seed_key(key, s): value}."""
-    m = {}
-    for key, v in values.items():
-        for s, x in zip(seeds, v if isinstance(v, list) else [v] * len(seeds)):
-            m[C.seed_key(key, s)] = x
-    return m
+# stand_ins.seeded: {key: value or [per-seed values]} -> {claims.seed_key(key, s): value}
 
 
 def kid(config):
@@ -124,8 +119,8 @@ def test_experiment_table_holds_latest_done_run_per_parameter_set(scene):
     csv = pd.read_csv(out / "runs.csv")
     assert csv["run"].tolist() == [scene["new"].id, scene["other"].id]
     assert csv["param.steps"].tolist() == [10, 20]
-    assert csv[C.seed_key(kid(C.lambda_config(0.1)), 1)].tolist()[0] == 12.5
-    assert csv[C.seed_key(kid(C.lambda_config(0.0)), 0)].tolist()[0] == 14.0
+    assert csv[C.seed_key(kid(C.lambda_config(0.1)), 1)].tolist()[0] == pytest.approx(12.5)
+    assert csv[C.seed_key(kid(C.lambda_config(0.0)), 0)].tolist()[0] == pytest.approx(14.0)
     # the figure is copied and captioned with run, commit, device and parameters
     fig = out / "figures" / scene["new"].id / "samples.png"
     assert fig.read_bytes() == (scene["new"].dir / "figures" / "samples.png").read_bytes()
