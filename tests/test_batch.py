@@ -123,6 +123,13 @@ def test_slurm_script(tmp_path):
     assert out.stat().st_mode & 0o111
 
 
+def test_sweep_finds_a_notebook_by_its_name(tmp_path):
+    out = tmp_path / "sweep.sh"
+    assert batch.main(["05", "--grid", "seeds=1,2", "--slurm", str(out)]) == 0
+    full = runs.repo_root() / "notebooks" / "05_flow_matching.ipynb"
+    assert str(full) in out.read_text().strip().splitlines()[-1]
+
+
 def test_reproduce_runs_all_in_order_and_continues_past_failures(tmp_path, monkeypatch, capsys):
     folder = tmp_path / "notebooks"
     folder.mkdir()

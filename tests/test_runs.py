@@ -268,6 +268,23 @@ def test_nbtools_checks_parameters_before_any_kernel(nb, tmp_path):
     assert nbtools.main([str(nb), "-p", "stpes", "4", "--runs-dir", str(tmp_path)]) == 1
 
 
+def test_a_notebook_is_found_by_its_name_as_the_reports_print_it(tmp_path):
+    # reports and notebooks print GPU commands as `lab run 07_ae_ablations -p ...`, run from anywhere
+    folder = runs.repo_root() / "notebooks"
+    full = folder / "07_ae_ablations.ipynb"
+    for name in ("07_ae_ablations", "07_ae_ablations.ipynb", "07", str(full), "notebooks/07_ae_ablations.ipynb"):
+        assert nbtools.find_notebook(name) == full.resolve(), name
+    with pytest.raises(ValueError, match=r"no notebook `0`: it matches .*00_explorer.*01_direction_magnitude"):
+        nbtools.find_notebook("0")  # ambiguous prefix: the choices are named
+    with pytest.raises(ValueError, match=r"no notebook `nope`: .*notebooks.*05_flow_matching"):
+        nbtools.find_notebook("nope")
+    mine = tmp_path / "07_ae_ablations.ipynb"  # a file the user names by path wins over the repo's
+    mine.write_text("{}")
+    assert nbtools.find_notebook(str(mine)) == mine.resolve()
+    out = nbtools.main(["nope", "--runs-dir", str(tmp_path)])
+    assert out == 1
+
+
 def test_kernel_name_uses_this_interpreter():
     from jupyter_client.kernelspec import KernelSpecManager
     name = nbtools.kernel_name("python3")

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from lab import runs
+from lab.commands.nbtools import find_notebook
 from lab.infra.jsonio import write_atomic
 from lab.infra.params import NO_DEFAULT, parse_value, read_parameters, validate
 
@@ -184,7 +185,7 @@ def slurm_script(notebook, grid_items, n_points, *, runs_dir=None, sbatch=(), ma
 
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m lab.commands.batch", description=__doc__.split("\n")[0])
-    ap.add_argument("notebook")
+    ap.add_argument("notebook", help="a path, or a name in notebooks/ (05_flow_matching, 05)")
     ap.add_argument("--grid", nargs="+", default=[], metavar="KEY=V1,V2",
                     help="parameter values to sweep (a single value fixes a parameter)")
     ap.add_argument("--gpus", default=None, help="comma-separated GPU ids (default: all visible)")
@@ -198,6 +199,7 @@ def main(argv=None):
     ap.add_argument("--max-parallel", type=int, default=None, help="array %%limit for --slurm")
     args = ap.parse_args(argv)
 
+    args.notebook = find_notebook(args.notebook)  # a path, or a name in notebooks/ ("05_flow_matching", "05")
     declared = read_parameters(args.notebook)
     grid = parse_grid(args.grid, declared)
     points = grid_points(grid)

@@ -5,6 +5,7 @@
     result["status"], result["dir"]          # 'done' | 'failed', runs/05_flow_matching/<id>
 
     python -m lab.commands.nbtools notebooks/05_flow_matching.ipynb -p steps 50 [--reuse] [--runs-dir D]
+    lab run 05_flow_matching -p steps 50     # a name in notebooks/ (or a unique prefix, "05") works from any folder
 
 `execute` checks the parameters against the notebook's parameters cell before a kernel starts
 (ValueError naming the bad one), creates the run folder, and starts the kernel with $LAB_RUN_DIR
@@ -152,6 +153,23 @@ def _unwritable(err, runs_dir):
                    "another folder with --runs-dir (or $LAB_RUNS_DIR)")
 
 
+def find_notebook(name):
+    """The notebook `name` names: a path to a file, else a name in <repo>/notebooks with or without
+    `.ipynb`, or a unique prefix of one ("07"), so `lab run 07_ae_ablations` works from any folder."""
+    if Path(name).is_file():
+        return Path(name).resolve()
+    folder = runs.repo_root() / "notebooks"
+    for path in (runs.repo_root() / name, folder / name, folder / f"{name}.ipynb"):
+        if path.is_file():
+            return path.resolve()
+    known = sorted(p.stem for p in folder.glob("*.ipynb"))
+    hits = [k for k in known if k.startswith(Path(name).stem)]
+    if len(hits) == 1:
+        return (folder / f"{hits[0]}.ipynb").resolve()
+    said = f"it matches {', '.join(hits)}" if hits else f"not a file, nor one of {folder}: {', '.join(known)}"
+    raise ValueError(f"no notebook `{name}`: {said}")
+
+
 def execute(notebook_path, params=None, runs_dir=None, out_path=None, kernel="python3", *,
             reuse=False, timeout=None, check=True, log_output=False):
     """Run a notebook with `params` overriding its parameters cell; return a result dict.
@@ -161,7 +179,7 @@ def execute(notebook_path, params=None, runs_dir=None, out_path=None, kernel="py
     of the executed notebook; timeout: seconds per cell; check=False leaves the parameter check
     to the kernel alone (tests use it).
     """
-    notebook = Path(notebook_path).resolve()
+    notebook = find_notebook(notebook_path)
     params = dict(params or {})
     experiment = notebook.stem
     if check:
@@ -236,7 +254,7 @@ def _run(notebook, params, full, runs_dir, out_path, kernel, timeout, log_output
 
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m lab.commands.nbtools", description=__doc__.split("\n")[0])
-    ap.add_argument("notebook")
+    ap.add_argument("notebook", help="a path, or a name in notebooks/ with or without .ipynb, or a unique prefix (07)")
     ap.add_argument("-p", "--param", nargs=2, action="append", default=[],
                     metavar=("NAME", "VALUE"), help="override a parameter (repeatable)")
     ap.add_argument("--params-json", default=None, help="overrides as one JSON object")
@@ -246,6 +264,7 @@ def main(argv=None):
     ap.add_argument("--timeout", type=float, default=None, help="seconds per cell")
     args = ap.parse_args(argv)
     try:
+        args.notebook = find_notebook(args.notebook)
         declared = read_parameters(args.notebook)
         params = json.loads(args.params_json) if args.params_json else {}
         for name, raw in args.param:
