@@ -117,6 +117,23 @@ def test_notebooks_define_no_functions_and_import_nothing_in_loops():
     assert not problems, problems
 
 
+MAX_CELL_LOGIC = 16  # issue 20: a notebook reads as an experiment; loops and key plumbing belong in lab/
+
+
+def test_notebook_cells_are_short():
+    """No code cell but the tagged parameters cell holds more than MAX_CELL_LOGIC lines of logic
+    (lines that are neither blank nor comments)."""
+    long = []
+    for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        for k, cell in enumerate(json.loads(nb.read_text())["cells"]):
+            if cell["cell_type"] != "code" or "parameters" in cell.get("metadata", {}).get("tags", []):
+                continue
+            logic = [l for l in "".join(cell["source"]).splitlines() if l.strip() and not l.lstrip().startswith("#")]
+            if len(logic) > MAX_CELL_LOGIC:
+                long.append(f"{nb.stem} cell {k}: {len(logic)} lines")
+    assert not long, long
+
+
 def public_definitions():
     for path in LAB.rglob("*.py"):
         for node in ast.parse(path.read_text()).body:
