@@ -153,6 +153,17 @@ def _unwritable(err, runs_dir):
                    "another folder with --runs-dir (or $LAB_RUNS_DIR)")
 
 
+def listed(folder=None):
+    """The notebooks of `folder` (default <repo>/notebooks) sorted by name, hidden files left out."""
+    folder = Path(folder or runs.repo_root() / "notebooks")
+    return sorted(p for p in folder.glob("*.ipynb") if not p.name.startswith("."))
+
+
+def named(name, known):
+    """[name] when `known` holds it, else every known name that starts with it (`05` -> 05_flow_matching)."""
+    return [name] if name in known else [k for k in known if k.startswith(name)]
+
+
 def find_notebook(name):
     """The notebook `name` names: a path to a file, else a name in <repo>/notebooks with or without
     `.ipynb`, or a unique prefix of one ("07"), so `lab run 07_ae_ablations` works from any folder."""
@@ -162,8 +173,8 @@ def find_notebook(name):
     for path in (runs.repo_root() / name, folder / name, folder / f"{name}.ipynb"):
         if path.is_file():
             return path.resolve()
-    known = sorted(p.stem for p in folder.glob("*.ipynb"))
-    hits = [k for k in known if k.startswith(Path(name).stem)]
+    known = [p.stem for p in listed(folder)]
+    hits = named(Path(name).stem, known)
     if len(hits) == 1:
         return (folder / f"{hits[0]}.ipynb").resolve()
     said = f"it matches {', '.join(hits)}" if hits else f"not a file, nor one of {folder}: {', '.join(known)}"

@@ -35,7 +35,7 @@ def notebooks(folder=None, only=None):
     """The notebooks of `folder` (default <repo>/notebooks) sorted by name; `only` filters by
     name prefix ("01", "05_flow") and every prefix must match something."""
     folder = Path(folder or runs.repo_root() / "notebooks")
-    found = sorted(p for p in folder.glob("*.ipynb") if not p.name.startswith("."))
+    found = nbtools.listed(folder)
     if not only:
         return found
     picked = [p for p in found if any(p.stem.startswith(o) for o in only)]

@@ -24,7 +24,7 @@ from pathlib import Path
 from statistics import mean
 
 from lab import claims, runs
-from lab.commands import run_index
+from lab.commands import nbtools, run_index
 from lab.infra.jsonio import jsonable
 from lab.infra.params import NO_DEFAULT, parse_value, read_parameters
 from lab.infra.provenance import repo_root
@@ -126,9 +126,7 @@ def _check_where_names(where, chosen, defaults):
 
 def pick_experiment(name, known):
     """`name` itself, or the one known experiment it starts (`05` -> 05_flow_matching)."""
-    if name in known:
-        return name
-    hits = [k for k in known if k.startswith(name)]
+    hits = nbtools.named(name, known)
     if len(hits) == 1:
         return hits[0]
     close = hits or difflib.get_close_matches(name, known, n=3, cutoff=0.4)
